@@ -1,0 +1,15 @@
+"""Engines: the bottom layer. Knows torch and transformers; never imports web or gRPC code."""
+
+from engines.errors import EngineError, ErrorCode
+from engines.protocol import Engine
+from engines.types import Capabilities, GenerationDelta, GenerationParams, RequestContext
+
+__all__ = [
+    "Capabilities",
+    "Engine",
+    "EngineError",
+    "ErrorCode",
+    "GenerationDelta",
+    "GenerationParams",
+    "RequestContext",
+]

@@ -1,0 +1,146 @@
+"""HFEngine: the `Engine` protocol over a transformers model and the generation scheduler."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections.abc import AsyncIterator, Sequence
+
+from engines.errors import EngineError, ErrorCode
+from engines.hf.scheduler import GenerationScheduler
+from engines.hf.scheduler import Sequence as SchedSequence
+from engines.loader import LoadedModel, ModelSpec, load_model
+from engines.tokenizer import Tokenizer
+from engines.types import Capabilities, GenerationDelta, GenerationParams, RequestContext
+
+log = logging.getLogger(__name__)
+
+
+def context_length_message(max_model_len: int, prompt_tokens: int, max_tokens: int) -> str:
+    """vLLM's wording, so clients that parse it keep working."""
+    return (
+        f"This model's maximum context length is {max_model_len} tokens. However, you requested "
+        f"{max_tokens} output tokens and your prompt contains at least {prompt_tokens} input tokens, "
+        f"for a total of at least {prompt_tokens + max_tokens} tokens. Please reduce the length of "
+        "the input prompt or the number of requested output tokens."
+    )
+
+
+class HFEngine:
+    def __init__(self, loaded: LoadedModel, *, served_name: str) -> None:
+        self._loaded = loaded
+        self._tokenizer = Tokenizer(loaded.hf_tokenizer, eos_token_ids=loaded.eos_token_ids)
+        self._capabilities = Capabilities(
+            model_name=served_name,
+            root=loaded.root,
+            tasks=frozenset({loaded.task}),
+            max_model_len=loaded.max_model_len,
+            engine="transformers",
+            dtype=str(loaded.dtype).removeprefix("torch."),
+            vocab_size=max(self._tokenizer.vocab_size, int(getattr(loaded.config, "vocab_size", 0) or 0)),
+            has_chat_template=self._tokenizer.chat_template is not None,
+        )
+        self._scheduler = GenerationScheduler(
+            loaded.model,
+            self._tokenizer,
+            max_model_len=loaded.max_model_len,
+            eos_token_ids=self._tokenizer.eos_token_ids,
+        )
+
+    @classmethod
+    def load(cls, spec: ModelSpec, *, served_name: str) -> HFEngine:
+        """Load weights and tokenizer (blocking, seconds): call before serving or in a thread."""
+        return cls(load_model(spec), served_name=served_name)
+
+    # -- protocol -----------------------------------------------------------------------------
+
+    @property
+    def capabilities(self) -> Capabilities:
+        return self._capabilities
+
+    @property
+    def tokenizer(self) -> Tokenizer:
+        return self._tokenizer
+
+    async def start(self) -> None:
+        if not self._scheduler.alive:
+            self._scheduler.start()
+
+    async def stop(self) -> None:
+        await asyncio.to_thread(self._scheduler.stop)
+
+    async def check_health(self) -> bool:
+        return self._scheduler.alive
+
+    def stats(self) -> dict[str, int]:
+        return self._scheduler.stats()
+
+    async def abort(self, request_id: str) -> None:
+        self._scheduler.abort(request_id)
+
+    def validate_prompt(self, prompt_ids: Sequence[int], params: GenerationParams) -> None:
+        if not prompt_ids:
+            raise EngineError(ErrorCode.INVALID_REQUEST, "The prompt is empty.", param="prompt")
+        vocab = self._capabilities.vocab_size
+        bad = next((t for t in prompt_ids if not 0 <= t < vocab), None)
+        if bad is not None:
+            raise EngineError(
+                ErrorCode.INVALID_REQUEST,
+                f"Token id {bad} is out of vocabulary (the vocabulary has {vocab} tokens).",
+                param="prompt",
+                reason="invalid_token_id",
+            )
+        if params.max_tokens < 1:
+            raise EngineError(ErrorCode.INVALID_REQUEST, "max_tokens must be at least 1.", param="max_tokens")
+        limit = self._capabilities.max_model_len
+        if len(prompt_ids) + params.max_tokens > limit:
+            raise EngineError(
+                ErrorCode.CONTEXT_LENGTH_EXCEEDED,
+                context_length_message(limit, len(prompt_ids), params.max_tokens),
+                param="prompt" if len(prompt_ids) >= limit else "max_tokens",
+            )
+
+    async def generate(
+        self, prompt: str | Sequence[int], params: GenerationParams, ctx: RequestContext
+    ) -> AsyncIterator[GenerationDelta]:
+        if isinstance(prompt, str):
+            prompt_ids = await asyncio.to_thread(self._tokenizer.encode, prompt)
+        else:
+            prompt_ids = [int(t) for t in prompt]
+        self.validate_prompt(prompt_ids, params)
+
+        loop = asyncio.get_running_loop()
+        queue: asyncio.Queue[GenerationDelta | BaseException] = asyncio.Queue()
+
+        def emit(item: GenerationDelta | BaseException) -> None:
+            try:
+                loop.call_soon_threadsafe(queue.put_nowait, item)
+            except RuntimeError:  # the loop is closed: nobody is listening any more
+                pass
+
+        seq = SchedSequence(
+            request_id=ctx.request_id,
+            prompt_ids=prompt_ids,
+            params=params,
+            emit=emit,
+            deadline=ctx.deadline,
+        )
+        self._scheduler.submit(seq)
+        done = False
+        try:
+            while True:
+                item = await queue.get()
+                if isinstance(item, BaseException):
+                    done = True
+                    raise item
+                if item.finish_reason is not None:
+                    done = True
+                yield item
+                if done:
+                    return
+        finally:
+            if not done:  # the consumer went away (disconnect, cancel): free the slot now
+                self._scheduler.abort(ctx.request_id)
+
+
+__all__ = ["HFEngine", "context_length_message"]

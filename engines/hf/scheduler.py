@@ -1,0 +1,214 @@
+"""The generation loop of the transformers engine, on its own thread.
+
+The scheduler owns the model. Requests wait in a FIFO queue; the loop runs decoding *steps*
+(one forward pass each) over the model with a KV cache, samples with each request's own RNG,
+turns token ids into text with the shared `ChoiceText`, and hands every step's delta to the
+request's event loop. Abort and deadlines are checked between steps, so a cancelled request
+stops within one step. Today one sequence runs at a time; the step structure is what lets a
+batched scheduler replace `_run_sequence` without touching the engine seam.
+"""
+
+from __future__ import annotations
+
+import inspect
+import logging
+import threading
+import time
+from collections import deque
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+import torch
+
+from engines.detokenizer import ChoiceText
+from engines.errors import EngineError, ErrorCode
+from engines.sampling import make_generator, sample_next
+from engines.tokenizer import Tokenizer
+from engines.types import GenerationDelta, GenerationParams
+
+log = logging.getLogger(__name__)
+
+Emit = Callable[[GenerationDelta | BaseException], None]
+
+
+@dataclass(eq=False)
+class Sequence:
+    request_id: str
+    prompt_ids: list[int]
+    params: GenerationParams
+    emit: Emit  # thread-safe hand-off to the requester's event loop
+    deadline: float | None = None
+    cancelled: bool = False
+    generated: list[int] = field(default_factory=list)
+
+
+class GenerationScheduler:
+    def __init__(self, model: Any, tokenizer: Tokenizer, *, max_model_len: int, eos_token_ids: frozenset[int]) -> None:
+        self._model = model
+        self._tok = tokenizer
+        self._max_model_len = max_model_len
+        self._eos = eos_token_ids
+        self._device = next(model.parameters()).device
+        self._cache_kwarg = "cache" if "cache" in inspect.signature(model.forward).parameters else "past_key_values"
+        self._cond = threading.Condition()
+        self._waiting: deque[Sequence] = deque()
+        self._running: dict[str, Sequence] = {}
+        self._by_id: dict[str, Sequence] = {}
+        self._stopping = False
+        self._thread: threading.Thread | None = None
+        self.aborted_total = 0
+        self.completed_total = 0
+
+    # -- lifecycle ----------------------------------------------------------------------------
+
+    def start(self) -> None:
+        self._thread = threading.Thread(target=self._loop, name="hf-generation", daemon=True)
+        self._thread.start()
+
+    def stop(self, timeout: float = 10.0) -> None:
+        with self._cond:
+            self._stopping = True
+            for seq in self._by_id.values():
+                seq.cancelled = True
+            self._cond.notify_all()
+        if self._thread is not None:
+            self._thread.join(timeout)
+
+    @property
+    def alive(self) -> bool:
+        return self._thread is not None and self._thread.is_alive()
+
+    # -- requests -----------------------------------------------------------------------------
+
+    def submit(self, seq: Sequence) -> None:
+        with self._cond:
+            if self._stopping or not self.alive:
+                raise EngineError(ErrorCode.UNAVAILABLE, "The generation engine is not running.")
+            if seq.request_id in self._by_id:
+                raise EngineError(ErrorCode.INVALID_REQUEST, f"Duplicate request id {seq.request_id}")
+            self._by_id[seq.request_id] = seq
+            self._waiting.append(seq)
+            self._cond.notify()
+
+    def abort(self, request_id: str) -> None:
+        with self._cond:
+            seq = self._by_id.get(request_id)
+            if seq is None or seq.cancelled:
+                return
+            seq.cancelled = True
+            self.aborted_total += 1
+            if seq in self._waiting:
+                self._waiting.remove(seq)
+                self._by_id.pop(request_id, None)
+
+    def stats(self) -> dict[str, int]:
+        with self._cond:
+            return {
+                "running": len(self._running),
+                "waiting": len(self._waiting),
+                "aborted_total": self.aborted_total,
+                "completed_total": self.completed_total,
+            }
+
+    # -- the loop -----------------------------------------------------------------------------
+
+    def _warm_up(self) -> None:
+        """One tiny forward pass, so the first request does not pay for lazy initialisation."""
+        from transformers import DynamicCache
+
+        with torch.inference_mode():
+            self._forward((self._tok.encode("Hello", add_special_tokens=False) or [0])[:1], DynamicCache())
+
+    def _loop(self) -> None:
+        try:
+            self._warm_up()
+        except Exception:  # a model that cannot run one token will fail requests with a clear error
+            log.exception("warm-up forward pass failed")
+        while True:
+            with self._cond:
+                while not self._waiting and not self._stopping:
+                    self._cond.wait()
+                if self._stopping:
+                    return
+                seq = self._waiting.popleft()
+                self._running[seq.request_id] = seq
+            try:
+                self._run_sequence(seq)
+            except Exception as exc:  # a fault in one request must not kill the loop
+                log.exception("generation failed for %s", seq.request_id)
+                seq.emit(EngineError(ErrorCode.INTERNAL, f"Generation failed: {type(exc).__name__}"))
+            finally:
+                with self._cond:
+                    self._running.pop(seq.request_id, None)
+                    self._by_id.pop(seq.request_id, None)
+
+    def _forward(self, ids: list[int], cache: Any) -> torch.Tensor:
+        input_ids = torch.tensor([ids], dtype=torch.long, device=self._device)
+        out = self._model(input_ids=input_ids, use_cache=True, logits_to_keep=1, **{self._cache_kwarg: cache})
+        return out.logits[0, -1]
+
+    def _run_sequence(self, seq: Sequence) -> None:
+        from transformers import DynamicCache
+
+        params = seq.params
+        text = ChoiceText(
+            self._tok,
+            seq.prompt_ids,
+            stop=params.stop,
+            include_stop_str_in_output=params.include_stop_str_in_output,
+            skip_special_tokens=params.skip_special_tokens,
+        )
+        generator = make_generator(params.seed, self._device)
+        prompt_len = len(seq.prompt_ids)
+        # Never run past the context window, whatever max_tokens says.
+        budget = min(params.max_tokens, self._max_model_len - prompt_len)
+        cache = DynamicCache()
+
+        with torch.inference_mode():
+            logits = self._forward(seq.prompt_ids, cache)
+            while True:
+                if seq.cancelled:
+                    return
+                if seq.deadline is not None and time.monotonic() > seq.deadline:
+                    seq.emit(EngineError(ErrorCode.UNAVAILABLE, "The request deadline was exceeded."))
+                    return
+                token = sample_next(logits, params, generator)
+                seq.generated.append(token)
+                count = len(seq.generated)
+
+                finish: str | None = None
+                stop_reason: str | int | None = None
+                if token in params.stop_token_ids:
+                    finish, stop_reason = "stop", token
+                elif token in self._eos and not params.ignore_eos:
+                    finish, stop_reason = "stop", None
+                if finish is None:
+                    piece, matched = text.push(token)
+                    if matched is not None:
+                        finish, stop_reason = "stop", matched
+                    elif count >= budget:
+                        finish = "length"
+                else:
+                    piece = ""
+                if finish is not None and not isinstance(stop_reason, str):
+                    tail, matched = text.finish()
+                    piece += tail
+                    if matched is not None:
+                        finish, stop_reason = "stop", matched
+
+                seq.emit(
+                    GenerationDelta(
+                        token_ids=(token,),
+                        text=piece,
+                        prompt_tokens=prompt_len,
+                        completion_tokens=count,
+                        finish_reason=finish,  # type: ignore[arg-type]
+                        stop_reason=stop_reason,
+                    )
+                )
+                if finish is not None:
+                    with self._cond:
+                        self.completed_total += 1
+                    return
+                logits = self._forward([token], cache)

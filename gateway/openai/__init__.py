@@ -1,0 +1,1 @@
+"""The OpenAI face under /openai/v1. Never imports compat/."""

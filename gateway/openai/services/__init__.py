@@ -1,0 +1,1 @@
+"""OpenAI services: prompt building, engine calls, response and chunk bodies. No `data:` lines."""

@@ -1,0 +1,184 @@
+"""Composition root: build the engine from settings, mount the faces, run uvicorn."""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import sys
+import time
+from collections.abc import AsyncIterator, Sequence
+
+from fastapi import FastAPI, Request
+from fastapi.exceptions import RequestValidationError
+from starlette.exceptions import HTTPException as StarletteHTTPException
+from starlette.responses import Response
+
+from engines import Engine, EngineError
+from engines.loader import ModelNotFoundError, ModelSpec
+from gateway.disconnect import ClientDisconnected
+from gateway.middleware import RequestIdMiddleware
+from gateway.openai.errors import OpenAIError, from_exception, from_validation_errors
+from gateway.openai.protocol import SamplingDefaults
+from gateway.openai.routes import JSONResponse, build_router
+from gateway.openai.services.chat import ChatService
+from gateway.openai.services.common import OpenAIConfig
+from gateway.openai.services.completions import CompletionService
+from gateway.openai.services.models import ModelService
+from gateway.settings import Settings, apply_process_env
+
+log = logging.getLogger("gateway")
+
+OPENAI_PREFIX = "/openai"
+
+
+class StartupError(RuntimeError):
+    """A problem that stops the server from starting; its message is shown to the user as is."""
+
+
+def model_spec(settings: Settings) -> ModelSpec:
+    return ModelSpec(
+        model_id=settings.model_id,
+        model_dir=settings.model_dir,
+        model_revision=settings.model_revision,
+        tokenizer_revision=settings.tokenizer_revision,
+        dtype=settings.dtype,
+        trust_remote_code=settings.trust_remote_code,
+        max_model_len=settings.max_model_len,
+        task=settings.task,
+        cache_dir=settings.cache_dir,
+    )
+
+
+def build_engine(settings: Settings) -> Engine:
+    """Pick and load the engine (blocking: seconds to minutes)."""
+    if settings.backend == "vllm":
+        raise StartupError("Backend is set to 'vllm' but vLLM is not available in this build; use --backend auto or huggingface.")
+    from engines.hf import HFEngine
+
+    log.info("Engine: transformers (backend=%s)", settings.backend)
+    try:
+        return HFEngine.load(model_spec(settings), served_name=settings.model_name)
+    except (ModelNotFoundError, ValueError, OSError) as exc:
+        raise StartupError(str(exc)) from None
+
+
+def openai_config(settings: Settings) -> OpenAIConfig:
+    defaults = SamplingDefaults(
+        temperature=1.0 if settings.default_temperature is None else settings.default_temperature,
+        top_p=1.0 if settings.default_top_p is None else settings.default_top_p,
+        top_k=0 if settings.default_top_k is None else settings.default_top_k,
+        max_output_tokens=settings.max_output_tokens,
+    )
+    return OpenAIConfig(
+        served_name=settings.model_name,
+        defaults=defaults,
+        ping_interval=settings.stream_ping_interval,
+        log_requests=not settings.disable_log_requests,
+        max_log_len=settings.max_log_len,
+    )
+
+
+def _is_openai(request: Request) -> bool:
+    return request.url.path.startswith(OPENAI_PREFIX)
+
+
+def _openai_response(err: OpenAIError) -> Response:
+    return JSONResponse(err.body(), status_code=err.status, headers=err.headers)
+
+
+def install_error_handlers(app: FastAPI) -> None:
+    """Every error leaves in its face's envelope; no tracebacks in bodies."""
+
+    @app.exception_handler(OpenAIError)
+    async def _openai_error(request: Request, exc: OpenAIError) -> Response:
+        return _openai_response(exc)
+
+    @app.exception_handler(EngineError)
+    async def _engine_error(request: Request, exc: EngineError) -> Response:
+        return _openai_response(from_exception(exc))
+
+    @app.exception_handler(RequestValidationError)
+    async def _validation_error(request: Request, exc: RequestValidationError) -> Response:
+        return _openai_response(from_validation_errors(exc.errors()))
+
+    @app.exception_handler(StarletteHTTPException)
+    async def _http_error(request: Request, exc: StarletteHTTPException) -> Response:
+        if not _is_openai(request):
+            return JSONResponse({"detail": exc.detail}, status_code=exc.status_code, headers=exc.headers)
+        code = {404: "not_found", 405: "method_not_allowed"}.get(exc.status_code, "invalid_request")
+        message = f"{request.method} {request.url.path}: {exc.detail}"
+        return _openai_response(OpenAIError(exc.status_code, message, code=code, headers=exc.headers))
+
+    @app.exception_handler(ClientDisconnected)
+    async def _disconnected(request: Request, exc: ClientDisconnected) -> Response:
+        return Response(status_code=499)  # nginx's "client closed request"; nobody reads it
+
+    @app.exception_handler(Exception)
+    async def _unexpected(request: Request, exc: Exception) -> Response:
+        log.exception("unhandled error on %s", request.url.path)
+        return _openai_response(from_exception(exc))
+
+
+def create_app(settings: Settings, engine: Engine) -> FastAPI:
+    @contextlib.asynccontextmanager
+    async def lifespan(app: FastAPI) -> AsyncIterator[None]:
+        await engine.start()
+        try:
+            yield
+        finally:
+            await engine.stop()
+
+    app = FastAPI(title="hf-gateway", version="0.1.0", docs_url=None, redoc_url=None, lifespan=lifespan)
+    app.state.engine = engine
+    app.state.settings = settings
+    app.add_middleware(RequestIdMiddleware)
+    install_error_handlers(app)
+
+    config = openai_config(settings)
+    router = build_router(
+        ChatService(engine, config),
+        CompletionService(engine, config),
+        ModelService(engine, config, created=int(time.time())),
+    )
+    app.include_router(router, prefix=f"{OPENAI_PREFIX}/v1")
+
+    @app.get("/")
+    async def liveness() -> Response:
+        return JSONResponse({"status": "alive"})
+
+    return app
+
+
+def configure_logging(level: str) -> None:
+    logging.basicConfig(
+        level=level.upper(),
+        format="%(asctime)s.%(msecs)03d %(process)s %(name)s %(levelname)s %(message)s",
+        datefmt="%Y-%m-%d %H:%M:%S",
+        stream=sys.stderr,
+    )
+
+
+def main(argv: Sequence[str] | None = None) -> None:
+    settings = Settings.from_args(argv)
+    apply_process_env()
+    configure_logging(settings.log_level)
+    try:
+        engine = build_engine(settings)
+    except StartupError as exc:
+        print(f"hf-gateway: cannot start: {exc}", file=sys.stderr)
+        raise SystemExit(1) from None
+
+    import uvicorn
+
+    caps = engine.capabilities
+    log.info(
+        "Serving %s (root %s, %s, max_model_len %d) at http://%s:%d/openai/v1",
+        caps.model_name, caps.root, caps.dtype, caps.max_model_len, settings.host, settings.http_port,
+    )
+    uvicorn.run(
+        create_app(settings, engine),
+        host=settings.host,
+        port=settings.http_port,
+        log_level=settings.log_level,
+        timeout_keep_alive=settings.timeout_keep_alive,
+    )

@@ -1,0 +1,138 @@
+"""Every flag, defined once: type, default, help. The CLI, env vars and KServe `args:` derive from it.
+
+Each flag is accepted as `--snake_name` and `--kebab-name` (KServe YAMLs use the first, vLLM-style
+flags the second). An environment variable `HF_GATEWAY_<NAME>` overrides a default; a flag on the
+command line overrides both. Nothing here reads argv or the environment at import time.
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import os
+import sys
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass, field
+from typing import Any, NoReturn
+
+ENV_PREFIX = "HF_GATEWAY_"
+DTYPE_CHOICES = ("auto", "float16", "half", "bfloat16", "float32", "float")
+BACKEND_CHOICES = ("auto", "huggingface", "vllm")
+LOG_LEVELS = ("debug", "info", "warning", "error")
+
+
+def parse_bool(value: str | bool) -> bool:
+    if isinstance(value, bool):
+        return value
+    lowered = value.strip().lower()
+    if lowered in ("1", "true", "yes", "y", "on"):
+        return True
+    if lowered in ("0", "false", "no", "n", "off", ""):
+        return False
+    raise argparse.ArgumentTypeError(f"expected a boolean (true/false), got {value!r}")
+
+
+def _flag(help: str, *, aliases: Sequence[str] = (), choices: Sequence[str] | None = None, metavar: str | None = None) -> dict[str, Any]:
+    return {"metadata": {"help": help, "aliases": tuple(aliases), "choices": choices, "metavar": metavar}}
+
+
+@dataclass(frozen=True)
+class Settings:
+    # -- model (KServe huggingfaceserver) -------------------------------------------------------
+    model_name: str = field(default="model", **_flag("Name the model is served under: URLs, `model` fields, /openai/v1/models."))
+    model_id: str | None = field(default=None, **_flag("Hugging Face hub id (or local path); wins over --model_dir. Only the local cache is read: nothing is downloaded."))
+    model_dir: str | None = field(default=None, **_flag("Local model directory (config.json + weights, or one .gguf file). Default: /mnt/models when it holds a model, else the packaged SmolLM2-135M-Instruct."))
+    model_revision: str | None = field(default=None, **_flag("Model revision (branch, tag or commit) in the local hub cache."))
+    tokenizer_revision: str | None = field(default=None, **_flag("Tokenizer revision; defaults to the model revision."))
+    max_model_len: int | None = field(default=None, **_flag("Context length in tokens (prompt + output). Default: derived from the model config.", aliases=("max_length",)))
+    dtype: str = field(default="auto", **_flag("Weight dtype. auto: the config's dtype, else float16 on GPU and float32 on CPU.", choices=DTYPE_CHOICES))
+    backend: str = field(default="auto", **_flag("Engine: auto picks the best available; huggingface forces the transformers engine.", choices=BACKEND_CHOICES))
+    task: str | None = field(default=None, **_flag("Task (KServe names, e.g. text_generation). Default: inferred from the model architecture."))
+    trust_remote_code: bool = field(default=False, **_flag("Allow model repositories to run their own Python code."))
+    # -- server ------------------------------------------------------------------------------
+    host: str = field(default="0.0.0.0", **_flag("Address to listen on."))
+    http_port: int = field(default=8080, **_flag("HTTP port (OpenAI and KServe REST)."))
+    grpc_port: int = field(default=8081, **_flag("Port reserved for the KServe v2 gRPC face."))
+    timeout_keep_alive: int = field(default=65, **_flag("HTTP keep-alive timeout in seconds (longer than typical proxy idle timeouts)."))
+    log_level: str = field(default="info", **_flag("Log level.", choices=LOG_LEVELS))
+    disable_log_requests: bool = field(default=False, **_flag("Do not log received requests."))
+    max_log_len: int | None = field(default=None, **_flag("Truncate prompts in request logs to this many characters."))
+    cache_dir: str | None = field(default=None, **_flag("Where converted GGUF models are kept. Default: $XDG_CACHE_HOME/hf-gateway or ~/.cache/hf-gateway."))
+    # -- OpenAI surface ----------------------------------------------------------------------
+    default_temperature: float | None = field(default=None, **_flag("Server default temperature when a request sends none (OpenAI default: 1.0)."))
+    default_top_p: float | None = field(default=None, **_flag("Server default top_p (OpenAI default: 1.0)."))
+    default_top_k: int | None = field(default=None, **_flag("Server default top_k (default: off)."))
+    max_output_tokens: int | None = field(default=None, **_flag("Cap on the default output length of chat completions (default: the rest of the context)."))
+    stream_ping_interval: float = field(default=15.0, **_flag("Seconds between SSE keep-alive comments while a stream waits."))
+
+    # -- construction ------------------------------------------------------------------------
+
+    @classmethod
+    def from_args(cls, argv: Sequence[str] | None = None, env: Mapping[str, str] | None = None) -> Settings:
+        """Parse the command line (default: sys.argv[1:]) over env overrides over defaults."""
+        parser = build_parser(env=os.environ if env is None else env)
+        namespace = parser.parse_args(sys.argv[1:] if argv is None else list(argv))
+        return cls(**vars(namespace))
+
+    def replace(self, **changes: Any) -> Settings:
+        return dataclasses.replace(self, **changes)
+
+
+class _Parser(argparse.ArgumentParser):
+    def error(self, message: str) -> NoReturn:
+        if message.startswith("unrecognized arguments"):
+            message = f"unknown flag(s): {message.split(':', 1)[1].strip()}"
+        self.exit(2, f"{self.prog}: error: {message}. Run `{self.prog} --help` for the list of flags.\n")
+
+
+def _converter(f: dataclasses.Field) -> Callable[[str], Any]:
+    kind = str(f.type)
+    if "bool" in kind:
+        return parse_bool
+    if "int" in kind:
+        return int
+    if "float" in kind:
+        return float
+    return str
+
+
+def build_parser(env: Mapping[str, str] | None = None) -> argparse.ArgumentParser:
+    env = env or {}
+    parser = _Parser(
+        prog="hf-gateway",
+        description="OpenAI-first inference gateway for one Hugging Face model (KServe huggingfaceserver compatible).",
+        allow_abbrev=False,
+        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
+    )
+    for f in dataclasses.fields(Settings):
+        meta = f.metadata
+        convert = _converter(f)
+        names = [f.name, *meta["aliases"]]
+        spellings: list[str] = []
+        for name in names:
+            for spelling in (name.replace("-", "_"), name.replace("_", "-")):
+                if f"--{spelling}" not in spellings:
+                    spellings.append(f"--{spelling}")
+        default = f.default
+        env_name = ENV_PREFIX + f.name.upper()
+        if env_name in env:
+            try:
+                default = convert(env[env_name])
+            except (ValueError, argparse.ArgumentTypeError) as exc:
+                parser.error(f"environment variable {env_name}={env[env_name]!r} is invalid: {exc}")
+        kwargs: dict[str, Any] = {"dest": f.name, "default": default, "help": f"{meta['help']} [env: {env_name}]"}
+        if convert is parse_bool:
+            kwargs.update(nargs="?", const=True, type=parse_bool, metavar="BOOL")
+        else:
+            kwargs.update(type=convert, metavar=meta["metavar"] or f.name.upper())
+        if meta["choices"]:
+            kwargs["choices"] = meta["choices"]
+        parser.add_argument(*spellings, **kwargs)
+    return parser
+
+
+def apply_process_env(environ: dict[str, str] | None = None) -> None:
+    """Process-wide defaults KServe's images set, unless the user set them already."""
+    environ = os.environ if environ is None else environ
+    environ.setdefault("SAFETENSORS_FAST_GPU", "1")
+    environ.setdefault("HF_HUB_DISABLE_TELEMETRY", "1")
