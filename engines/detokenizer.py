@@ -69,11 +69,14 @@ class StopStringMatcher:
         if not self._stops:
             return text, None
         self._buffer += text
+        # The match that *ends* first is the one generation would have reached first, so the
+        # result does not depend on how the text was split into tokens; ties go to the longer.
+        best: tuple[int, int] | None = None
         match_at, matched = -1, None
         for stop in self._stops:
             at = self._buffer.find(stop)
-            if at != -1 and (match_at == -1 or at < match_at):
-                match_at, matched = at, stop
+            if at != -1 and (best is None or (at + len(stop), at) < best):
+                best, match_at, matched = (at + len(stop), at), at, stop
         if matched is not None:
             end = match_at + (len(matched) if self._include else 0)
             out, self._buffer = self._buffer[:end], ""

@@ -137,11 +137,17 @@ class GenerationScheduler:
                 self._run_sequence(seq)
             except Exception as exc:  # a fault in one request must not kill the loop
                 log.exception("generation failed for %s", seq.request_id)
+                self._retire(seq)
                 seq.emit(EngineError(ErrorCode.INTERNAL, f"Generation failed: {type(exc).__name__}"))
             finally:
-                with self._cond:
-                    self._running.pop(seq.request_id, None)
-                    self._by_id.pop(seq.request_id, None)
+                self._retire(seq)
+
+    def _retire(self, seq: Sequence, *, completed: bool = False) -> None:
+        """Forget a sequence. Called before its last message, so stats never lag behind clients."""
+        with self._cond:
+            if self._running.pop(seq.request_id, None) is not None and completed:
+                self.completed_total += 1
+            self._by_id.pop(seq.request_id, None)
 
     def _forward(self, ids: list[int], cache: Any) -> torch.Tensor:
         input_ids = torch.tensor([ids], dtype=torch.long, device=self._device)
@@ -171,6 +177,7 @@ class GenerationScheduler:
                 if seq.cancelled:
                     return
                 if seq.deadline is not None and time.monotonic() > seq.deadline:
+                    self._retire(seq)
                     seq.emit(EngineError(ErrorCode.UNAVAILABLE, "The request deadline was exceeded."))
                     return
                 token = sample_next(logits, params, generator)
@@ -197,18 +204,17 @@ class GenerationScheduler:
                     if matched is not None:
                         finish, stop_reason = "stop", matched
 
-                seq.emit(
-                    GenerationDelta(
-                        token_ids=(token,),
-                        text=piece,
-                        prompt_tokens=prompt_len,
-                        completion_tokens=count,
-                        finish_reason=finish,  # type: ignore[arg-type]
-                        stop_reason=stop_reason,
-                    )
+                delta = GenerationDelta(
+                    token_ids=(token,),
+                    text=piece,
+                    prompt_tokens=prompt_len,
+                    completion_tokens=count,
+                    finish_reason=finish,  # type: ignore[arg-type]
+                    stop_reason=stop_reason,
                 )
                 if finish is not None:
-                    with self._cond:
-                        self.completed_total += 1
+                    self._retire(seq, completed=True)
+                    seq.emit(delta)
                     return
+                seq.emit(delta)
                 logits = self._forward([token], cache)

@@ -1,0 +1,137 @@
+"""Shared fixtures: real models built or converted locally, loaded through the production code.
+
+- `smollm_dir`: the packaged SmolLM2-135M-Instruct, converted once from its GGUF by the loader.
+- `tiny_dir`: a random-weight 2-layer llama with SmolLM2's real tokenizer and a chat template,
+  saved with save_pretrained and loaded back with `engines.loader` like any user model.
+Nothing is downloaded from a hub.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import socket
+import threading
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import httpx
+import openai
+import pytest
+
+from engines.hf import HFEngine
+from engines.loader import ModelSpec, resolve_source
+
+# ChatML plus a template-level error, so tests can check that template failures are 400s.
+TINY_CHAT_TEMPLATE = (
+    "{% for message in messages %}"
+    "{% if message['role'] == 'system' and not loop.first %}"
+    "{{ raise_exception('System messages must come first') }}"
+    "{% endif %}"
+    "{{ '<|im_start|>' + message['role'] + '\n' + message['content'] + '<|im_end|>\n' }}"
+    "{% endfor %}"
+    "{% if add_generation_prompt %}{{ '<|im_start|>assistant\n' }}{% endif %}"
+)
+TINY_MAX_LEN = 4096
+
+
+@pytest.fixture(scope="session")
+def smollm_dir() -> Path:
+    return Path(resolve_source(ModelSpec()).location)
+
+
+@pytest.fixture(scope="session")
+def tiny_dir(tmp_path_factory: pytest.TempPathFactory, smollm_dir: Path) -> Path:
+    import torch
+    from transformers import AutoTokenizer, LlamaConfig, LlamaForCausalLM
+
+    out = tmp_path_factory.mktemp("tiny-llama")
+    tokenizer = AutoTokenizer.from_pretrained(smollm_dir)
+    tokenizer.chat_template = TINY_CHAT_TEMPLATE
+    tokenizer.save_pretrained(out)
+    config = LlamaConfig(
+        vocab_size=len(tokenizer),
+        hidden_size=64,
+        intermediate_size=128,
+        num_hidden_layers=2,
+        num_attention_heads=4,
+        num_key_value_heads=2,
+        max_position_embeddings=TINY_MAX_LEN,
+        tie_word_embeddings=True,
+        bos_token_id=tokenizer.bos_token_id,
+        eos_token_id=tokenizer.eos_token_id,
+        pad_token_id=tokenizer.pad_token_id,
+        architectures=["LlamaForCausalLM"],
+    )
+    torch.manual_seed(0)
+    LlamaForCausalLM(config).save_pretrained(out)
+    return out
+
+
+@pytest.fixture(scope="session")
+def tiny_engine(tiny_dir: Path) -> Iterator[HFEngine]:
+    engine = HFEngine.load(ModelSpec(model_dir=str(tiny_dir)), served_name="tiny")
+    asyncio.run(engine.start())
+    yield engine
+    asyncio.run(engine.stop())
+
+
+def make_app(engine, **settings):
+    from gateway.server import create_app
+    from gateway.settings import Settings
+
+    return create_app(Settings(model_name=engine.capabilities.model_name, **settings), engine)
+
+
+@pytest.fixture(scope="session")
+def tiny_app(tiny_engine: HFEngine):
+    return make_app(tiny_engine, disable_log_requests=True)
+
+
+@pytest.fixture
+def http(tiny_app) -> httpx.AsyncClient:
+    """Raw HTTP against the app in-process (no server, no sockets)."""
+    return httpx.AsyncClient(transport=httpx.ASGITransport(app=tiny_app), base_url="http://test")
+
+
+@pytest.fixture
+def client(http: httpx.AsyncClient) -> openai.AsyncOpenAI:
+    """The official SDK against the app in-process."""
+    return openai.AsyncOpenAI(base_url="http://test/openai/v1", api_key="x", http_client=http, max_retries=0)
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+class ThreadedServer:
+    """A real uvicorn server on loopback, in a thread of this process (so tests see the engine)."""
+
+    def __init__(self, app) -> None:
+        import uvicorn
+
+        self.port = free_port()
+        self.base_url = f"http://127.0.0.1:{self.port}"
+        self.server = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=self.port, log_level="warning", lifespan="off"))
+        self.thread = threading.Thread(target=self.server.run, daemon=True)
+
+    def __enter__(self) -> ThreadedServer:
+        self.thread.start()
+        deadline = time.monotonic() + 30
+        while not self.server.started:
+            if time.monotonic() > deadline:
+                raise RuntimeError("uvicorn did not start")
+            time.sleep(0.05)
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.server.should_exit = True
+        self.thread.join(10)
+
+
+@pytest.fixture(scope="session")
+def live_tiny(tiny_app) -> Iterator[ThreadedServer]:
+    with ThreadedServer(tiny_app) as server:
+        yield server

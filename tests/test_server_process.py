@@ -1,0 +1,120 @@
+"""The real thing: `python -m gateway` as a subprocess on the packaged SmolLM2, the official SDK
+over HTTP, exactly as the README tells a newcomer to do it."""
+
+import os
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import httpx
+import openai
+import pytest
+
+from tests.conftest import free_port
+
+ROOT = Path(__file__).resolve().parents[1]
+QUESTION = [{"role": "user", "content": "What is the capital of France?"}]
+
+
+def start(*args, env=None):
+    return subprocess.Popen(
+        [sys.executable, "-m", "gateway", *args],
+        cwd=ROOT,
+        env={**os.environ, **(env or {})},
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+    )
+
+
+@pytest.fixture(scope="module")
+def smollm_server(smollm_dir):
+    port = free_port()
+    # No model flags at all: the default model must be found on its own.
+    proc = start("--host", "127.0.0.1", "--http_port", str(port))
+    base = f"http://127.0.0.1:{port}"
+    deadline = time.monotonic() + 120
+    while True:
+        if proc.poll() is not None:
+            pytest.fail(f"server exited early:\n{proc.stdout.read()}")
+        try:
+            if httpx.get(f"{base}/openai/v1/models", timeout=1).status_code == 200:
+                break
+        except httpx.HTTPError:
+            pass
+        if time.monotonic() > deadline:
+            proc.kill()
+            pytest.fail("server did not become ready")
+        time.sleep(0.2)
+    yield base
+    proc.terminate()
+    proc.wait(15)
+
+
+@pytest.fixture
+def sdk(smollm_server):
+    return openai.OpenAI(base_url=f"{smollm_server}/openai/v1", api_key="x", max_retries=0)
+
+
+def test_default_model_is_listed(sdk):
+    (model,) = sdk.models.list().data
+    assert model.id == "model"
+    assert model.model_extra["root"] == "HuggingFaceTB/SmolLM2-135M-Instruct"
+
+
+def test_readme_snippet_streams_a_sensible_answer(sdk):
+    stream = sdk.chat.completions.create(
+        model="model", messages=QUESTION, stream=True, temperature=0, max_tokens=30,
+        stream_options={"include_usage": True},
+    )
+    chunks = list(stream)
+    text = "".join(c.choices[0].delta.content or "" for c in chunks if c.choices)
+    assert "Paris" in text
+    content_chunks = [c for c in chunks if c.choices and c.choices[0].delta.content]
+    assert len(content_chunks) >= 5, "streamed token by token, not in one piece"
+    full = sdk.chat.completions.create(model="model", messages=QUESTION, temperature=0, max_tokens=30)
+    assert full.choices[0].message.content == text
+    assert full.usage.model_dump() == chunks[-1].usage.model_dump()
+    # SmolLM2 ends its answer with <|im_end|>: that EOS token is counted, and reported as "stop".
+    assert full.choices[0].finish_reason == "stop"
+
+
+def test_eos_is_counted_and_ignore_eos_runs_to_the_limit(sdk):
+    full = sdk.chat.completions.create(model="model", messages=QUESTION, temperature=0, max_tokens=40)
+    assert full.choices[0].finish_reason == "stop"
+    longer = sdk.chat.completions.create(
+        model="model", messages=QUESTION, temperature=0, max_tokens=full.usage.completion_tokens + 4,
+        extra_body={"ignore_eos": True},
+    )
+    assert longer.choices[0].finish_reason == "length"
+    assert longer.usage.completion_tokens == full.usage.completion_tokens + 4
+    assert longer.choices[0].message.content.startswith(full.choices[0].message.content)
+
+
+def test_seeded_sampling_repeats(sdk):
+    runs = [
+        sdk.chat.completions.create(model="model", messages=QUESTION, seed=1234, temperature=1.0, max_tokens=12)
+        .choices[0].message.content
+        for _ in range(2)
+    ]
+    assert runs[0] == runs[1]
+
+
+def test_completions_with_stop(sdk):
+    r = sdk.completions.create(model="model", prompt="1, 2, 3, 4,", max_tokens=12, temperature=0, stop=[" 7"])
+    assert r.choices[0].finish_reason == "stop" and " 7" not in r.choices[0].text
+    assert r.choices[0].text.startswith(" 5, 6,")
+
+
+def test_missing_model_dir_fails_with_one_clear_message(tmp_path):
+    proc = start("--model_dir", str(tmp_path / "nowhere"))
+    out, _ = proc.communicate(timeout=60)
+    assert proc.returncode == 1
+    assert "cannot start: No model found at --model_dir" in out and "Traceback" not in out
+
+
+def test_unknown_flag_fails_fast():
+    proc = start("--model_name", "m", "--definitely-not-a-flag")
+    out, _ = proc.communicate(timeout=60)
+    assert proc.returncode == 2 and "unknown flag(s): --definitely-not-a-flag" in out
