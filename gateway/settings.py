@@ -40,7 +40,7 @@ def _flag(help: str, *, aliases: Sequence[str] = (), choices: Sequence[str] | No
 class Settings:
     # -- model (KServe huggingfaceserver) -------------------------------------------------------
     model_name: str = field(default="model", **_flag("Name the model is served under: URLs, `model` fields, /openai/v1/models."))
-    model_id: str | None = field(default=None, **_flag("Hugging Face hub id (or local path); wins over --model_dir. Only the local cache is read: nothing is downloaded."))
+    model_id: str | None = field(default=None, **_flag("Hugging Face hub id (or local path); wins over --model_dir. Fetched through the Hugging Face cache; set HF_HUB_OFFLINE=1 to use only what is cached."))
     model_dir: str | None = field(default=None, **_flag("Local model directory (config.json + weights, or one .gguf file). Default: /mnt/models when it holds a model, else the packaged SmolLM2-135M-Instruct."))
     model_revision: str | None = field(default=None, **_flag("Model revision (branch, tag or commit) in the local hub cache."))
     tokenizer_revision: str | None = field(default=None, **_flag("Tokenizer revision; defaults to the model revision."))

@@ -119,3 +119,13 @@ async def test_abort_by_request_id(tiny_engine):
 async def _drain(stream, out):
     async for d in stream:
         out.append(d)
+
+
+async def test_deadline_aborts_with_an_error(tiny_engine):
+    c = RequestContext(f"test-{uuid.uuid4().hex}", deadline=time.monotonic() + 0.2)
+    got = []
+    with pytest.raises(EngineError) as exc:
+        async for d in tiny_engine.generate(PROMPT, GenerationParams(max_tokens=4000, ignore_eos=True), c):
+            got.append(d)
+    assert exc.value.code is ErrorCode.UNAVAILABLE and "deadline" in exc.value.message
+    assert 0 < len(got) < 4000 and tiny_engine.stats()["running"] == 0

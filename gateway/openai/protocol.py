@@ -7,7 +7,7 @@ everything that only needs the request happens here, before any work is queued.
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Any, Literal
+from typing import Any
 
 from pydantic import BaseModel, ConfigDict, Field
 
@@ -170,16 +170,12 @@ def check_unsupported(request: BaseModel) -> None:
 
 def ignored_params(request: _Tolerant) -> list[str]:
     names = request.ignored_fields()
-    if request_has(request, "reasoning_effort"):
+    if getattr(request, "reasoning_effort", None) is not None:
         names.append("reasoning_effort")
     opts = getattr(request, "stream_options", None)
     if opts is not None:
         names += [f"stream_options.{n}" for n in opts.ignored_fields()]
     return sorted(names)
-
-
-def request_has(request: BaseModel, name: str) -> bool:
-    return getattr(request, name, None) is not None
 
 
 def max_tokens_param(request: _GenerationRequest) -> str:
@@ -193,8 +189,9 @@ def to_generation_params(
     defaults: SamplingDefaults,
     default_max_tokens: int,
 ) -> GenerationParams:
-    """Validate value ranges and build the engine's parameters. Raises OpenAIError (400)."""
-    check_unsupported(request)
+    """Validate value ranges and build the engine's parameters. Raises OpenAIError (400).
+
+    Callers run `check_unsupported` first, before any expensive work."""
     if request.stream_options is not None and not request.stream:
         raise invalid("`stream_options` is only allowed when `stream` is true.", "stream_options")
 
@@ -240,5 +237,4 @@ def to_generation_params(
     )
 
 
-Role = Literal["system", "developer", "user", "assistant"]
 CHAT_ROLES: tuple[str, ...] = ("system", "developer", "user", "assistant")

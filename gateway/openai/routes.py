@@ -39,23 +39,21 @@ def build_router(chat: ChatService, completions: CompletionService, models: Mode
     router = APIRouter()
     ping = chat.config.ping_interval
 
-    @router.post("/chat/completions")
-    async def create_chat_completion(body: ChatCompletionRequest, request: Request) -> Response:
+    async def respond(request: Request, body: Any, service: ChatService | CompletionService) -> Response:
         headers = _headers(body)
         if body.stream:
             return await event_stream(
-                request, chat.stream(body), error_body=_error_event, headers=headers, ping_interval=ping
+                request, service.stream(body), error_body=_error_event, headers=headers, ping_interval=ping
             )
-        return JSONResponse(await cancel_on_disconnect(request, chat.complete(body)), headers=headers)
+        return JSONResponse(await cancel_on_disconnect(request, service.complete(body)), headers=headers)
+
+    @router.post("/chat/completions")
+    async def create_chat_completion(body: ChatCompletionRequest, request: Request) -> Response:
+        return await respond(request, body, chat)
 
     @router.post("/completions")
     async def create_completion(body: CompletionRequest, request: Request) -> Response:
-        headers = _headers(body)
-        if body.stream:
-            return await event_stream(
-                request, completions.stream(body), error_body=_error_event, headers=headers, ping_interval=ping
-            )
-        return JSONResponse(await cancel_on_disconnect(request, completions.complete(body)), headers=headers)
+        return await respond(request, body, completions)
 
     @router.get("/models")
     async def list_models() -> Response:

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import asyncio
 from collections.abc import AsyncIterator
-from dataclasses import dataclass
 from typing import Any
 
 from gateway.openai.errors import invalid, unsupported
@@ -16,18 +15,16 @@ from gateway.openai.protocol import (
     max_tokens_param,
     to_generation_params,
 )
-from gateway.openai.services.common import Generation, ServiceBase, collect, new_id, now
+from gateway.openai.services.common import (
+    Generation,
+    Prepared,
+    ServiceBase,
+    collect,
+    new_id,
+    now,
+    stream_usage_options,
+)
 from gateway.usage import UsageTracker
-
-
-@dataclass
-class PreparedChat:
-    id: str
-    created: int
-    model: str
-    generation: Generation
-    include_usage: bool
-    continuous_usage: bool
 
 
 class ChatService(ServiceBase):
@@ -79,7 +76,7 @@ class ChatService(ServiceBase):
         # The template already holds BOS and friends: do not add special tokens again.
         return text, tok.encode(text, add_special_tokens=False)
 
-    async def prepare(self, req: ChatCompletionRequest) -> PreparedChat:
+    async def prepare(self, req: ChatCompletionRequest) -> Prepared:
         model = self.resolve_model(req.model)
         check_unsupported(req)
         messages = self._template_messages(req.messages)
@@ -93,12 +90,13 @@ class ChatService(ServiceBase):
         params = to_generation_params(req, defaults=self.config.defaults, default_max_tokens=max(default_max, 1))
         response_id = new_id("chatcmpl")
         self.log_request(response_id, text, params)
-        opts = req.stream_options
-        include_usage = bool(opts and opts.include_usage)
-        return PreparedChat(
+        include_usage, continuous = stream_usage_options(req.stream_options)
+        return Prepared(
             id=response_id,
+            chunk_object="chat.completion.chunk",
             created=now(),
             model=model,
+            fingerprint=self.fingerprint,
             generation=Generation(
                 self.engine,
                 prompt_ids,
@@ -107,70 +105,41 @@ class ChatService(ServiceBase):
                 rename={"prompt": "messages", "max_tokens": max_tokens_param(req)},
             ),
             include_usage=include_usage,
-            continuous_usage=include_usage and bool(opts and opts.continuous_usage_stats),
+            continuous_usage=continuous,
+            usage=UsageTracker(chat=True),
         )
 
     # -- responses ----------------------------------------------------------------------------
 
     async def complete(self, req: ChatCompletionRequest) -> dict[str, Any]:
         p = await self.prepare(req)
-        result = await collect(p.generation, chat=True)
-        return {
-            "id": p.id,
-            "object": "chat.completion",
-            "created": p.created,
-            "model": p.model,
-            "system_fingerprint": self.fingerprint,
-            "choices": [
-                {
-                    "index": 0,
-                    "message": {"role": "assistant", "content": result.text},
-                    "logprobs": None,
-                    "finish_reason": result.finish_reason,
-                    "stop_reason": result.stop_reason,
-                }
-            ],
-            "usage": result.usage,
+        result = await collect(p)
+        choice = {
+            "index": 0,
+            "message": {"role": "assistant", "content": result.text},
+            "logprobs": None,
+            "finish_reason": result.finish_reason,
+            "stop_reason": result.stop_reason,
         }
+        return p.response("chat.completion", choice, result.usage)
 
     async def stream(self, req: ChatCompletionRequest) -> AsyncIterator[dict[str, Any]]:
         """Chunks as the spec orders them: role with the first token, no empty deltas,
         finish_reason on the last content chunk, usage chunk only when asked."""
         p = await self.prepare(req)
-        usage = UsageTracker(chat=True)
 
-        def chunk(delta: dict[str, Any], finish_reason: str | None) -> dict[str, Any]:
-            body: dict[str, Any] = {
-                "id": p.id,
-                "object": "chat.completion.chunk",
-                "created": p.created,
-                "model": p.model,
-                "system_fingerprint": self.fingerprint,
-                "choices": [{"index": 0, "delta": delta, "logprobs": None, "finish_reason": finish_reason}],
-            }
-            if p.continuous_usage:
-                body["usage"] = usage.choice_usage()
-            elif p.include_usage:
-                body["usage"] = None
-            return body
+        def choice(delta: dict[str, Any], finish_reason: str | None) -> dict[str, Any]:
+            return {"index": 0, "delta": delta, "logprobs": None, "finish_reason": finish_reason}
 
         first = True
         async for d in p.generation.deltas():
-            usage.observe(d)
+            p.usage.observe(d)
             if first:
                 first = False
-                yield chunk({"role": "assistant", "content": ""}, None)
+                yield p.chunk(choice({"role": "assistant", "content": ""}, None))
             if d.text:
-                yield chunk({"content": d.text}, d.finish_reason)
+                yield p.chunk(choice({"content": d.text}, d.finish_reason))
             elif d.finish_reason is not None:
-                yield chunk({}, d.finish_reason)
+                yield p.chunk(choice({}, d.finish_reason))
         if p.include_usage:
-            yield {
-                "id": p.id,
-                "object": "chat.completion.chunk",
-                "created": p.created,
-                "model": p.model,
-                "system_fingerprint": self.fingerprint,
-                "choices": [],
-                "usage": usage.usage(),
-            }
+            yield p.usage_chunk()

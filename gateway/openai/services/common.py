@@ -83,6 +83,62 @@ class Generation:
 
 
 @dataclass
+class Prepared:
+    """A validated request, ready to generate: ids, names, and the usage rules of its stream."""
+
+    id: str
+    chunk_object: str  # "chat.completion.chunk" or "text_completion"
+    created: int
+    model: str
+    fingerprint: str
+    generation: Generation
+    include_usage: bool = False
+    continuous_usage: bool = False
+    usage: UsageTracker = field(default_factory=UsageTracker)
+
+    def chunk(self, choice: dict[str, Any]) -> dict[str, Any]:
+        """One stream chunk for one choice, with `usage` as the request's stream_options ask."""
+        body: dict[str, Any] = {
+            "id": self.id,
+            "object": self.chunk_object,
+            "created": self.created,
+            "model": self.model,
+            "system_fingerprint": self.fingerprint,
+            "choices": [choice],
+        }
+        if self.continuous_usage:
+            body["usage"] = self.usage.choice_usage()
+        elif self.include_usage:
+            body["usage"] = None
+        return body
+
+    def response(self, object_: str, choice: dict[str, Any], usage: dict[str, Any]) -> dict[str, Any]:
+        """The non-streaming body around one choice."""
+        return {
+            "id": self.id,
+            "object": object_,
+            "created": self.created,
+            "model": self.model,
+            "system_fingerprint": self.fingerprint,
+            "choices": [choice],
+            "usage": usage,
+        }
+
+    def usage_chunk(self) -> dict[str, Any]:
+        """The final chunk: no choices, the totals."""
+        body = self.chunk({})
+        body["choices"] = []
+        body["usage"] = self.usage.usage()
+        return body
+
+
+def stream_usage_options(opts: Any) -> tuple[bool, bool]:
+    """(include_usage, continuous_usage_stats); continuous stats only on top of include_usage."""
+    include = bool(opts and opts.include_usage)
+    return include, include and bool(opts.continuous_usage_stats)
+
+
+@dataclass
 class Collected:
     text: str
     finish_reason: str | None
@@ -90,13 +146,12 @@ class Collected:
     usage: dict[str, Any]
 
 
-async def collect(gen: Generation, *, chat: bool) -> Collected:
-    usage = UsageTracker(chat=chat)
+async def collect(p: Prepared) -> Collected:
     parts: list[str] = []
     last: GenerationDelta | None = None
-    async for delta in gen.deltas():
-        usage.observe(delta)
+    async for delta in p.generation.deltas():
+        p.usage.observe(delta)
         parts.append(delta.text)
         last = delta
     assert last is not None, "the engine ended a generation without a final delta"
-    return Collected("".join(parts), last.finish_reason, last.stop_reason, usage.usage())
+    return Collected("".join(parts), last.finish_reason, last.stop_reason, p.usage.usage())

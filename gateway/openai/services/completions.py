@@ -4,25 +4,22 @@ from __future__ import annotations
 
 import asyncio
 from collections.abc import AsyncIterator
-from dataclasses import dataclass
 from typing import Any
 
 from gateway.openai.errors import invalid, unsupported
 from gateway.openai.protocol import CompletionRequest, check_unsupported, max_tokens_param, to_generation_params
-from gateway.openai.services.common import Generation, ServiceBase, collect, new_id, now
+from gateway.openai.services.common import (
+    Generation,
+    Prepared,
+    ServiceBase,
+    collect,
+    new_id,
+    now,
+    stream_usage_options,
+)
 from gateway.usage import UsageTracker
 
 DEFAULT_MAX_TOKENS = 16  # OpenAI's default for /completions
-
-
-@dataclass
-class PreparedCompletion:
-    id: str
-    created: int
-    model: str
-    generation: Generation
-    include_usage: bool
-    continuous_usage: bool
 
 
 class CompletionService(ServiceBase):
@@ -40,7 +37,7 @@ class CompletionService(ServiceBase):
             raise invalid("The prompt must contain at least one token.", "prompt")
         return [int(t) for t in prompt]
 
-    async def prepare(self, req: CompletionRequest) -> PreparedCompletion:
+    async def prepare(self, req: CompletionRequest) -> Prepared:
         model = self.resolve_model(req.model)
         check_unsupported(req)
         prompt = self._single_prompt(req.prompt)
@@ -55,70 +52,38 @@ class CompletionService(ServiceBase):
             prompt_ids = prompt
         response_id = new_id("cmpl")
         self.log_request(response_id, prompt, params)
-        opts = req.stream_options
-        include_usage = bool(opts and opts.include_usage)
-        return PreparedCompletion(
+        include_usage, continuous = stream_usage_options(req.stream_options)
+        return Prepared(
             id=response_id,
+            chunk_object="text_completion",
             created=now(),
             model=model,
+            fingerprint=self.fingerprint,
             generation=Generation(
                 self.engine, prompt_ids, params, response_id, rename={"max_tokens": max_tokens_param(req)}
             ),
             include_usage=include_usage,
-            continuous_usage=include_usage and bool(opts and opts.continuous_usage_stats),
+            continuous_usage=continuous,
+            usage=UsageTracker(chat=False),
         )
 
     async def complete(self, req: CompletionRequest) -> dict[str, Any]:
         p = await self.prepare(req)
-        result = await collect(p.generation, chat=False)
-        return {
-            "id": p.id,
-            "object": "text_completion",
-            "created": p.created,
-            "model": p.model,
-            "system_fingerprint": self.fingerprint,
-            "choices": [
-                {
-                    "index": 0,
-                    "text": result.text,
-                    "logprobs": None,
-                    "finish_reason": result.finish_reason,
-                    "stop_reason": result.stop_reason,
-                }
-            ],
-            "usage": result.usage,
+        result = await collect(p)
+        choice = {
+            "index": 0,
+            "text": result.text,
+            "logprobs": None,
+            "finish_reason": result.finish_reason,
+            "stop_reason": result.stop_reason,
         }
+        return p.response("text_completion", choice, result.usage)
 
     async def stream(self, req: CompletionRequest) -> AsyncIterator[dict[str, Any]]:
         p = await self.prepare(req)
-        usage = UsageTracker(chat=False)
-
-        def chunk(text: str, finish_reason: str | None) -> dict[str, Any]:
-            body: dict[str, Any] = {
-                "id": p.id,
-                "object": "text_completion",
-                "created": p.created,
-                "model": p.model,
-                "system_fingerprint": self.fingerprint,
-                "choices": [{"index": 0, "text": text, "logprobs": None, "finish_reason": finish_reason}],
-            }
-            if p.continuous_usage:
-                body["usage"] = usage.choice_usage()
-            elif p.include_usage:
-                body["usage"] = None
-            return body
-
         async for d in p.generation.deltas():
-            usage.observe(d)
+            p.usage.observe(d)
             if d.text or d.finish_reason is not None:
-                yield chunk(d.text, d.finish_reason)
+                yield p.chunk({"index": 0, "text": d.text, "logprobs": None, "finish_reason": d.finish_reason})
         if p.include_usage:
-            yield {
-                "id": p.id,
-                "object": "text_completion",
-                "created": p.created,
-                "model": p.model,
-                "system_fingerprint": self.fingerprint,
-                "choices": [],
-                "usage": usage.usage(),
-            }
+            yield p.usage_chunk()
