@@ -7,9 +7,11 @@ identical to non-streamed output.
 
 from __future__ import annotations
 
+from collections import deque
 from collections.abc import Sequence
 
 from engines.tokenizer import Tokenizer
+from engines.types import TokenLogprob
 
 # How many prompt tokens to decode alongside the first generated ones, so that tokenizers which
 # drop a leading space at the start of a string (SentencePiece) still produce the right text.
@@ -59,14 +61,15 @@ class IncrementalDetokenizer:
 class StopStringMatcher:
     """Holds back text that could still become a stop string; truncates at the first match."""
 
-    def __init__(self, stops: Sequence[str], *, include_stop: bool = False) -> None:
+    def __init__(self, stops: Sequence[str], *, include_stop: bool = False, active: bool = True) -> None:
         self._stops = tuple(s for s in stops if s)
         self._include = include_stop
         self._buffer = ""  # text received but not yet released
+        self.active = active  # inactive (before min_tokens): text passes through unmatched
 
     def feed(self, text: str) -> tuple[str, str | None]:
         """Return (text safe to release, the stop string matched or None)."""
-        if not self._stops:
+        if not self._stops or not self.active:
             return text, None
         self._buffer += text
         # The match that *ends* first is the one generation would have reached first, so the
@@ -101,7 +104,12 @@ class StopStringMatcher:
 
 
 class ChoiceText:
-    """Token ids in, releasable text out, for one choice: detokenizer plus stop-string matcher."""
+    """Token ids in, releasable text out, for one choice: detokenizer plus stop-string matcher.
+
+    Logprob items travel with the text: an item is released in the same step as the text of its
+    token, so the items of every delta spell exactly that delta's text (until a stop string cuts
+    the text; the items of the tokens that formed it are still reported).
+    """
 
     def __init__(
         self,
@@ -111,17 +119,48 @@ class ChoiceText:
         stop: Sequence[str] = (),
         include_stop_str_in_output: bool = False,
         skip_special_tokens: bool = True,
+        stops_active: bool = True,
     ) -> None:
         self._detok = IncrementalDetokenizer(tokenizer, prompt_ids, skip_special_tokens=skip_special_tokens)
-        self._stops = StopStringMatcher(stop, include_stop=include_stop_str_in_output)
+        self._stops = StopStringMatcher(stop, include_stop=include_stop_str_in_output, active=stops_active)
+        self._items: deque[TokenLogprob] = deque()
+        self._released = 0  # characters of text released so far
+        self._covered = 0  # characters of text covered by released items
 
-    def push(self, token_id: int) -> tuple[str, str | None]:
-        """Return (text to release, matched stop string). After a match, stop generating."""
-        return self._stops.feed(self._detok.push(token_id))
+    def activate_stops(self) -> None:
+        self._stops.active = True
 
-    def finish(self) -> tuple[str, str | None]:
+    def push(
+        self, token_id: int, logprob: tuple[float, tuple[tuple[int, str, float], ...]] | None = None
+    ) -> tuple[str, str | None, tuple[TokenLogprob, ...]]:
+        """Return (text to release, matched stop string, logprob items to release)."""
+        piece = self._detok.push(token_id)
+        if logprob is not None:
+            self._items.append(TokenLogprob(token_id, piece, logprob[0], logprob[1]))
+        text, matched = self._stops.feed(piece)
+        self._released += len(text)
+        return text, matched, self._release(everything=matched is not None)
+
+    def finish(self) -> tuple[str, str | None, tuple[TokenLogprob, ...]]:
         """Generation ended for another reason: release the held-back text (it may still match)."""
         text, matched = self._stops.feed(self._detok.flush())
         if matched is None:
             text += self._stops.flush()
-        return text, matched
+        return text, matched, self._release(everything=True)
+
+    def _release(self, *, everything: bool) -> tuple[TokenLogprob, ...]:
+        out: list[TokenLogprob] = []
+        while self._items and (everything or self._covered + len(self._items[0].text) <= self._released):
+            item = self._items.popleft()
+            self._covered += len(item.text)
+            out.append(item)
+        return tuple(out)
+
+
+def decode_prompt_pieces(tokenizer: Tokenizer, prompt_ids: Sequence[int], *, skip_special_tokens: bool) -> list[str]:
+    """Each prompt token's share of the prompt text (for prompt logprobs)."""
+    detok = IncrementalDetokenizer(tokenizer, [], skip_special_tokens=skip_special_tokens)
+    pieces = [detok.push(t) for t in prompt_ids]
+    if pieces:
+        pieces[-1] += detok.flush()
+    return pieces

@@ -9,26 +9,59 @@ from typing import Literal
 from engines.tasks import Task
 
 FinishReason = Literal["stop", "length"]
+StructuredKind = Literal["json_schema", "regex", "lark"]
+
+
+@dataclass(frozen=True)
+class StructuredOutput:
+    """A constraint on the generated text, enforced token by token (constrained decoding)."""
+
+    kind: StructuredKind
+    value: str  # a JSON schema (as JSON text), a regular expression, or a Lark grammar
 
 
 @dataclass(frozen=True)
 class GenerationParams:
     """What to generate for one prompt. Defaults are OpenAI's."""
 
-    max_tokens: int
+    max_tokens: int  # 0 only makes sense with prompt_logprobs (scoring a prompt)
     temperature: float = 1.0  # 0 means greedy
     top_p: float = 1.0
-    top_k: int = 0  # 0 (or -1) means off
+    top_k: int = 0  # 0 means off
+    min_p: float = 0.0
     seed: int | None = None
     stop: tuple[str, ...] = ()
     stop_token_ids: tuple[int, ...] = ()
     include_stop_str_in_output: bool = False
     ignore_eos: bool = False
+    min_tokens: int = 0  # EOS, stop ids and stop strings are not honoured before this many tokens
     skip_special_tokens: bool = True
+    presence_penalty: float = 0.0  # OpenAI: subtract once from every token already generated
+    frequency_penalty: float = 0.0  # OpenAI: subtract per occurrence in the generated text
+    repetition_penalty: float = 1.0  # CTRL/HF: divide positive logits of prompt+output tokens
+    logit_bias: tuple[tuple[int, float], ...] = ()
+    logprobs: int | None = None  # report the sampled token's logprob and this many alternatives
+    prompt_logprobs: int | None = None  # the same for every prompt token (echo / scoring)
+    structured: StructuredOutput | None = None
 
     @property
     def greedy(self) -> bool:
         return self.temperature == 0.0
+
+
+@dataclass(frozen=True)
+class TokenLogprob:
+    """One position: the chosen token, the text it contributes, its logprob and the top others.
+
+    `text` is the token's share of the output text (a multi-byte character split over several
+    tokens is credited to the token that completes it), so joining `text` gives the output.
+    Logprobs come from the model's raw distribution, before sampling settings and penalties.
+    """
+
+    token_id: int
+    text: str
+    logprob: float
+    top: tuple[tuple[int, str, float], ...] = ()  # (id, text, logprob), best first
 
 
 @dataclass(frozen=True)
@@ -46,6 +79,8 @@ class GenerationDelta:
     finish_reason: FinishReason | None = None
     stop_reason: str | int | None = None  # the matched stop string or stop token id
     index: int = 0
+    logprobs: tuple[TokenLogprob, ...] = ()  # for the tokens whose text is in `text`
+    prompt_logprobs: tuple[TokenLogprob | None, ...] | None = None  # first delta only; [0] is None
 
 
 @dataclass(frozen=True)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Hashable
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -13,10 +14,10 @@ class UsageTracker:
     """Prompt tokens once per prompt, completion tokens summed over every choice."""
 
     prompt_tokens: dict[int, int] = field(default_factory=dict)  # prompt index -> tokens
-    completion_tokens: dict[int, int] = field(default_factory=dict)  # choice index -> tokens
+    completion_tokens: dict[Hashable, int] = field(default_factory=dict)  # choice -> tokens
     chat: bool = False
 
-    def observe(self, delta: GenerationDelta, *, choice: int = 0, prompt: int = 0) -> None:
+    def observe(self, delta: GenerationDelta, *, choice: Hashable = 0, prompt: int = 0) -> None:
         self.prompt_tokens[prompt] = delta.prompt_tokens
         self.completion_tokens[choice] = delta.completion_tokens
 
@@ -33,7 +34,7 @@ class UsageTracker:
             out["completion_tokens_details"] = {"reasoning_tokens": 0}
         return out
 
-    def choice_usage(self, *, choice: int = 0, prompt: int = 0) -> dict[str, Any]:
+    def choice_usage(self, *, choice: Hashable = 0, prompt: int = 0) -> dict[str, Any]:
         """Cumulative usage of one choice (for `continuous_usage_stats`)."""
         p = self.prompt_tokens.get(prompt, 0)
         c = self.completion_tokens.get(choice, 0)

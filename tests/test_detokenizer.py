@@ -100,7 +100,7 @@ def test_stop_string_spanning_tokens_and_inside_a_token(tok):
         ct = ChoiceText(tok, [1], stop=[stop])
         out, matched = "", None
         for t in ids:
-            piece, matched = ct.push(t)
+            piece, matched, _ = ct.push(t)
             out += piece
             if matched:
                 break
@@ -112,5 +112,5 @@ def test_held_back_prefix_is_released_when_generation_ends(tok):
     ct = ChoiceText(tok, [1], stop=["world"])
     out = "".join(ct.push(t)[0] for t in ids)
     assert out == "Hello "  # "wor" might still become "world"
-    tail, matched = ct.finish()
+    tail, matched, _ = ct.finish()
     assert (out + tail, matched) == ("Hello wor", None)

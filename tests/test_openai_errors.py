@@ -24,13 +24,33 @@ def envelope(r, status, code, param):
 @pytest.mark.parametrize(
     "body,code,param",
     [
-        ({"messages": MSG, "n": 2}, "unsupported_parameter", "n"),
-        ({"messages": MSG, "logprobs": True}, "unsupported_parameter", "logprobs"),
-        ({"messages": MSG, "presence_penalty": 0.5}, "unsupported_parameter", "presence_penalty"),
-        ({"messages": MSG, "frequency_penalty": 0.5}, "unsupported_parameter", "frequency_penalty"),
-        ({"messages": MSG, "logit_bias": {"5": 10}}, "unsupported_parameter", "logit_bias"),
-        ({"messages": MSG, "response_format": {"type": "json_object"}}, "unsupported_parameter", "response_format"),
-        ({"messages": MSG, "tools": [{"type": "function", "function": {"name": "f"}}]}, "unsupported_parameter", "tools"),
+        ({"messages": MSG, "n": 0}, "invalid_value", "n"),
+        ({"messages": MSG, "n": 17}, "invalid_value", "n"),
+        ({"messages": MSG, "logprobs": True, "top_logprobs": 21}, "invalid_value", "top_logprobs"),
+        ({"messages": MSG, "top_logprobs": 2}, "invalid_value", "top_logprobs"),
+        ({"messages": MSG, "presence_penalty": 2.5}, "invalid_value", "presence_penalty"),
+        ({"messages": MSG, "frequency_penalty": -3}, "invalid_value", "frequency_penalty"),
+        ({"messages": MSG, "repetition_penalty": 0}, "invalid_value", "repetition_penalty"),
+        ({"messages": MSG, "min_p": 1.5}, "invalid_value", "min_p"),
+        ({"messages": MSG, "max_tokens": 5, "min_tokens": 6}, "invalid_value", "min_tokens"),
+        ({"messages": MSG, "logit_bias": {"abc": 1}}, "invalid_value", "logit_bias"),
+        ({"messages": MSG, "logit_bias": {"5": 101}}, "invalid_value", "logit_bias"),
+        ({"messages": MSG, "logit_bias": {"99999999": 1}}, "invalid_value", "logit_bias"),
+        ({"messages": MSG, "stop_token_ids": [99999999]}, "invalid_value", "stop_token_ids"),
+        ({"messages": MSG, "response_format": {"type": "xml"}}, "invalid_value", "response_format"),
+        ({"messages": MSG, "response_format": {"type": "json_schema"}}, "invalid_value", "response_format"),
+        ({"messages": MSG, "response_format": {"type": "json_schema", "json_schema": {"name": "x", "schema": {"type": "strnig"}}}}, "invalid_value", "response_format"),
+        ({"messages": MSG, "structured_outputs": {"regex": "a", "choice": ["b"]}}, "invalid_value", "structured_outputs"),
+        ({"messages": MSG, "tools": []}, "invalid_value", "tools"),
+        ({"messages": MSG, "tools": [{"type": "function"}]}, "invalid_value", "tools[0]"),
+        ({"messages": MSG, "tool_choice": "required"}, "invalid_value", "tool_choice"),
+        ({"messages": MSG, "tools": [{"type": "function", "function": {"name": "f"}}], "tool_choice": {"type": "function", "function": {"name": "g"}}}, "invalid_value", "tool_choice"),
+        ({"messages": MSG, "tools": [{"type": "function", "function": {"name": "f"}}], "tool_choice": "sometimes"}, "invalid_value", "tool_choice"),
+        ({"messages": MSG, "continue_final_message": True}, "invalid_value", "continue_final_message"),
+        ({"messages": MSG, "chat_template": "{{ messages }}"}, "unsupported_parameter", "chat_template"),
+        ({"messages": MSG, "bad_words": ["x"]}, "unsupported_parameter", "bad_words"),
+        ({"messages": [{"role": "tool", "content": "42"}]}, "invalid_value", "messages[0].tool_call_id"),
+        ({"messages": [{"role": "assistant", "tool_calls": [{"id": "c", "type": "function", "function": {"name": "f", "arguments": "{oops"}}]}]}, "invalid_value", "messages[0].tool_calls[0].function.arguments"),
         ({"messages": MSG, "temperature": 2.5}, "invalid_value", "temperature"),
         ({"messages": MSG, "top_p": 0}, "invalid_value", "top_p"),
         ({"messages": MSG, "top_k": -2}, "invalid_value", "top_k"),
@@ -62,11 +82,13 @@ async def test_chat_errors(http, body, code, param, stream):
 @pytest.mark.parametrize(
     "body,code,param",
     [
-        ({"prompt": "x", "echo": True}, "unsupported_parameter", "echo"),
         ({"prompt": "x", "suffix": "y"}, "unsupported_parameter", "suffix"),
-        ({"prompt": "x", "best_of": 2}, "unsupported_parameter", "best_of"),
-        ({"prompt": "x", "logprobs": 0}, "unsupported_parameter", "logprobs"),
-        ({"prompt": ["a", "b"]}, "unsupported_parameter", "prompt"),
+        ({"prompt": "x", "best_of": 1, "n": 2}, "invalid_value", "best_of"),
+        ({"prompt": "x", "best_of": 3, "stream": True}, "unsupported_parameter", "best_of"),
+        ({"prompt": "x", "logprobs": 21}, "invalid_value", "logprobs"),
+        ({"prompt": "x", "max_tokens": 0}, "invalid_value", "max_tokens"),
+        ({"prompt": ["a", ""]}, "invalid_value", "prompt"),
+        ({"prompt": "x", "truncate_prompt_tokens": 0}, "invalid_value", "truncate_prompt_tokens"),
         ({"prompt": [10**9]}, "invalid_token_id", "prompt"),
         ({"prompt": "x", "max_tokens": 4096}, "context_length_exceeded", "max_tokens"),
         ({"prompt": "x", "seed": 2**64}, "invalid_value", "seed"),
@@ -108,7 +130,7 @@ async def test_sdk_raises_typed_errors(client):
     assert (exc.value.code, exc.value.param) == ("model_not_found", "model")
     assert exc.value.request_id
     with pytest.raises(openai.BadRequestError) as exc:
-        await client.chat.completions.create(model="tiny", messages=MSG, n=3, stream=True)
+        await client.chat.completions.create(model="tiny", messages=MSG, n=30, stream=True)
     assert exc.value.param == "n"
 
 

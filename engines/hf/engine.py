@@ -10,6 +10,7 @@ from engines.errors import EngineError, ErrorCode
 from engines.hf.scheduler import GenerationScheduler
 from engines.hf.scheduler import Sequence as SchedSequence
 from engines.loader import LoadedModel, ModelSpec, load_model
+from engines.structured import GrammarCompiler
 from engines.tokenizer import Tokenizer
 from engines.types import Capabilities, GenerationDelta, GenerationParams, RequestContext
 
@@ -40,11 +41,16 @@ class HFEngine:
             vocab_size=max(self._tokenizer.vocab_size, int(getattr(loaded.config, "vocab_size", 0) or 0)),
             has_chat_template=self._tokenizer.chat_template is not None,
         )
+        # Logits have the model's vocabulary size, which may exceed the tokenizer's.
+        logits_vocab = int(getattr(loaded.model.config, "vocab_size", 0) or self._tokenizer.vocab_size)
+        self._grammars = GrammarCompiler(loaded.hf_tokenizer, logits_vocab)
         self._scheduler = GenerationScheduler(
             loaded.model,
             self._tokenizer,
             max_model_len=loaded.max_model_len,
             eos_token_ids=self._tokenizer.eos_token_ids,
+            vocab_size=logits_vocab,
+            grammars=self._grammars,
         )
 
     @classmethod
@@ -90,8 +96,21 @@ class HFEngine:
                 param="prompt",
                 reason="invalid_token_id",
             )
-        if params.max_tokens < 1:
+        if params.max_tokens < 0 or (params.max_tokens == 0 and params.prompt_logprobs is None):
             raise EngineError(ErrorCode.INVALID_REQUEST, "max_tokens must be at least 1.", param="max_tokens")
+        bad_bias = next((t for t, _ in params.logit_bias if not 0 <= t < vocab), None)
+        if bad_bias is not None:
+            raise EngineError(
+                ErrorCode.INVALID_REQUEST,
+                f"logit_bias names token id {bad_bias}, which is outside the vocabulary (0..{vocab - 1}).",
+                param="logit_bias",
+            )
+        bad_stop = next((t for t in params.stop_token_ids if not 0 <= t < vocab), None)
+        if bad_stop is not None:
+            raise EngineError(
+                ErrorCode.INVALID_REQUEST, f"stop_token_ids names token id {bad_stop}, which is outside the vocabulary.",
+                param="stop_token_ids",
+            )
         limit = self._capabilities.max_model_len
         if len(prompt_ids) + params.max_tokens > limit:
             raise EngineError(
@@ -108,6 +127,8 @@ class HFEngine:
         else:
             prompt_ids = [int(t) for t in prompt]
         self.validate_prompt(prompt_ids, params)
+        if params.structured is not None:  # compile once up front: bad schemas are a 400, not a stream error
+            await asyncio.to_thread(self._grammars.validate, params.structured)
 
         loop = asyncio.get_running_loop()
         queue: asyncio.Queue[GenerationDelta | BaseException] = asyncio.Queue()

@@ -21,11 +21,12 @@ from typing import Any
 
 import torch
 
-from engines.detokenizer import ChoiceText
+from engines.detokenizer import ChoiceText, decode_prompt_pieces
 from engines.errors import EngineError, ErrorCode
-from engines.sampling import make_generator, sample_next
+from engines.sampling import SequenceSampler, top_logprobs
+from engines.structured import GrammarCompiler
 from engines.tokenizer import Tokenizer
-from engines.types import GenerationDelta, GenerationParams
+from engines.types import GenerationDelta, GenerationParams, TokenLogprob
 
 log = logging.getLogger(__name__)
 
@@ -44,9 +45,20 @@ class Sequence:
 
 
 class GenerationScheduler:
-    def __init__(self, model: Any, tokenizer: Tokenizer, *, max_model_len: int, eos_token_ids: frozenset[int]) -> None:
+    def __init__(
+        self,
+        model: Any,
+        tokenizer: Tokenizer,
+        *,
+        max_model_len: int,
+        eos_token_ids: frozenset[int],
+        vocab_size: int,
+        grammars: GrammarCompiler,
+    ) -> None:
         self._model = model
         self._tok = tokenizer
+        self._vocab_size = vocab_size
+        self._grammars = grammars
         self._max_model_len = max_model_len
         self._eos = eos_token_ids
         self._device = next(model.parameters()).device
@@ -149,30 +161,66 @@ class GenerationScheduler:
                 self.completed_total += 1
             self._by_id.pop(seq.request_id, None)
 
-    def _forward(self, ids: list[int], cache: Any) -> torch.Tensor:
+    def _forward(self, ids: list[int], cache: Any, *, all_logits: bool = False) -> torch.Tensor:
         input_ids = torch.tensor([ids], dtype=torch.long, device=self._device)
-        out = self._model(input_ids=input_ids, use_cache=True, logits_to_keep=1, **{self._cache_kwarg: cache})
-        return out.logits[0, -1]
+        out = self._model(
+            input_ids=input_ids, use_cache=True, logits_to_keep=0 if all_logits else 1, **{self._cache_kwarg: cache}
+        )
+        return out.logits[0] if all_logits else out.logits[0, -1]
+
+    def _alternatives(self, logprobs: torch.Tensor, k: int) -> tuple[tuple[int, str, float], ...]:
+        return tuple((i, self._tok.decode([i], skip_special_tokens=False), lp) for i, lp in top_logprobs(logprobs, k))
+
+    def _prompt_logprobs(self, seq: Sequence, logits: torch.Tensor) -> tuple[TokenLogprob | None, ...]:
+        """Logprob of every prompt token given the ones before it (the first has none)."""
+        params = seq.params
+        k = params.prompt_logprobs or 0
+        pieces = decode_prompt_pieces(self._tok, seq.prompt_ids, skip_special_tokens=params.skip_special_tokens)
+        logprobs = torch.log_softmax(logits[:-1].float(), dim=-1)
+        out: list[TokenLogprob | None] = [None]
+        for pos in range(1, len(seq.prompt_ids)):
+            token = seq.prompt_ids[pos]
+            row = logprobs[pos - 1]
+            out.append(TokenLogprob(token, pieces[pos], float(row[token]), self._alternatives(row, k)))
+        return tuple(out)
 
     def _run_sequence(self, seq: Sequence) -> None:
         from transformers import DynamicCache
 
         params = seq.params
+        prompt_len = len(seq.prompt_ids)
         text = ChoiceText(
             self._tok,
             seq.prompt_ids,
             stop=params.stop,
             include_stop_str_in_output=params.include_stop_str_in_output,
             skip_special_tokens=params.skip_special_tokens,
+            stops_active=params.min_tokens == 0,
         )
-        generator = make_generator(params.seed, self._device)
-        prompt_len = len(seq.prompt_ids)
+        sampler = SequenceSampler(
+            params,
+            vocab_size=self._vocab_size,
+            prompt_ids=seq.prompt_ids,
+            blocked_until_min=set(params.stop_token_ids) | (set() if params.ignore_eos else set(self._eos)),
+            device=self._device,
+        )
+        constraint = self._grammars.constraint(params.structured) if params.structured else None
         # Never run past the context window, whatever max_tokens says.
         budget = min(params.max_tokens, self._max_model_len - prompt_len)
         cache = DynamicCache()
 
         with torch.inference_mode():
-            logits = self._forward(seq.prompt_ids, cache)
+            if params.prompt_logprobs is not None:
+                all_logits = self._forward(seq.prompt_ids, cache, all_logits=True)
+                prompt_logprobs: tuple[TokenLogprob | None, ...] | None = self._prompt_logprobs(seq, all_logits)
+                logits = all_logits[-1]
+            else:
+                prompt_logprobs = None
+                logits = self._forward(seq.prompt_ids, cache)
+            if budget <= 0:  # scoring only: the prompt's logprobs, no output
+                self._retire(seq, completed=True)
+                seq.emit(GenerationDelta((), "", prompt_len, 0, "length", prompt_logprobs=prompt_logprobs))
+                return
             while True:
                 if seq.cancelled:
                     return
@@ -180,9 +228,21 @@ class GenerationScheduler:
                     self._retire(seq)
                     seq.emit(EngineError(ErrorCode.UNAVAILABLE, "The request deadline was exceeded."))
                     return
-                token = sample_next(logits, params, generator)
-                seq.generated.append(token)
                 count = len(seq.generated)
+                processed = sampler.process(logits, count, constraint.apply if constraint else None)
+                token = sampler.choose(processed)
+                sampler.observe(token)
+                if constraint is not None:
+                    constraint.advance(token)
+                seq.generated.append(token)
+                count += 1
+                if count == params.min_tokens:
+                    text.activate_stops()
+
+                logprob = None
+                if params.logprobs is not None:
+                    raw = torch.log_softmax(logits.float(), dim=-1)
+                    logprob = (float(raw[token]), self._alternatives(raw, params.logprobs))
 
                 finish: str | None = None
                 stop_reason: str | int | None = None
@@ -191,16 +251,20 @@ class GenerationScheduler:
                 elif token in self._eos and not params.ignore_eos:
                     finish, stop_reason = "stop", None
                 if finish is None:
-                    piece, matched = text.push(token)
+                    piece, matched, items = text.push(token, logprob)
                     if matched is not None:
                         finish, stop_reason = "stop", matched
+                    elif constraint is not None and constraint.finished:
+                        finish = "stop"  # the grammar is complete
                     elif count >= budget:
                         finish = "length"
                 else:
-                    piece = ""
+                    piece, items = "", ()
+                    if logprob is not None:  # EOS / stop id: no text, but its logprob is reported
+                        items = (TokenLogprob(token, "", logprob[0], logprob[1]),)
                 if finish is not None and not isinstance(stop_reason, str):
-                    tail, matched = text.finish()
-                    piece += tail
+                    tail, matched, more = text.finish()
+                    piece, items = piece + tail, items + more
                     if matched is not None:
                         finish, stop_reason = "stop", matched
 
@@ -211,6 +275,8 @@ class GenerationScheduler:
                     completion_tokens=count,
                     finish_reason=finish,  # type: ignore[arg-type]
                     stop_reason=stop_reason,
+                    logprobs=items,
+                    prompt_logprobs=prompt_logprobs if count == 1 else None,
                 )
                 if finish is not None:
                     self._retire(seq, completed=True)

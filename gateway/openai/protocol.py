@@ -6,12 +6,14 @@ everything that only needs the request happens here, before any work is queued.
 
 from __future__ import annotations
 
+import json
+import re
 from dataclasses import dataclass
 from typing import Any
 
 from pydantic import BaseModel, ConfigDict, Field
 
-from engines.types import GenerationParams
+from engines.types import GenerationParams, StructuredOutput
 from gateway.openai.errors import invalid, unsupported
 
 MAX_STOP_STRINGS = 16
@@ -50,8 +52,6 @@ class _GenerationRequest(_Tolerant):
     # Known OpenAI / vLLM parameters that this server does not implement yet. Each is accepted at
     # its neutral value and rejected with a 400 naming it otherwise (never silently ignored).
     n: int | None = None
-    logprobs: Any = None
-    top_logprobs: int | None = None
     presence_penalty: float | None = None
     frequency_penalty: float | None = None
     repetition_penalty: float | None = None
@@ -70,40 +70,16 @@ class _GenerationRequest(_Tolerant):
     guided_grammar: str | None = None
 
 
-# Parameter -> predicate that is true when the value asks for nothing (safe to accept).
+# Known parameters this server does not implement: accepted at their neutral value, else a 400.
 _NEUTRAL: dict[str, Any] = {
-    "n": lambda v: v in (None, 1),
-    "logprobs": lambda v: v is None or v is False,
-    "top_logprobs": lambda v: v in (None, 0),
-    "presence_penalty": lambda v: v in (None, 0),
-    "frequency_penalty": lambda v: v in (None, 0),
-    "repetition_penalty": lambda v: v in (None, 1),
-    "logit_bias": lambda v: not v,
-    "min_p": lambda v: v in (None, 0),
-    "min_tokens": lambda v: v in (None, 0),
-    "response_format": lambda v: v is None or v.get("type") == "text",
-    "truncate_prompt_tokens": lambda v: v is None,
-    "prompt_logprobs": lambda v: v is None,
     "allowed_token_ids": lambda v: v is None,
     "bad_words": lambda v: not v,
-    "structured_outputs": lambda v: v is None,
-    "guided_json": lambda v: v is None,
-    "guided_regex": lambda v: v is None,
-    "guided_choice": lambda v: v is None,
-    "guided_grammar": lambda v: v is None,
+    "prompt_logprobs": lambda v: v is None,
     # completions only
-    "best_of": lambda v: v in (None, 1),
-    "echo": lambda v: v in (None, False),
     "suffix": lambda v: v is None,
     # chat only
-    "tools": lambda v: v is None,
-    "tool_choice": lambda v: v in (None, "none"),
     "functions": lambda v: v is None,
     "function_call": lambda v: v in (None, "none"),
-    "add_generation_prompt": lambda v: v in (None, True),
-    "continue_final_message": lambda v: v in (None, False),
-    "chat_template": lambda v: v is None,
-    "chat_template_kwargs": lambda v: not v,
     "documents": lambda v: not v,
 }
 
@@ -114,6 +90,7 @@ class CompletionRequest(_GenerationRequest):
     echo: bool | None = None
     suffix: str | None = None
     add_special_tokens: bool = True
+    logprobs: int | None = None
 
 
 class TextPart(_Tolerant):
@@ -131,6 +108,8 @@ class ChatMessage(_Tolerant):
 
 class ChatCompletionRequest(_GenerationRequest):
     messages: list[ChatMessage]
+    logprobs: bool | None = None
+    top_logprobs: int | None = None
     tools: list[dict[str, Any]] | None = None
     tool_choice: Any = None
     parallel_tool_calls: bool | None = None
@@ -141,7 +120,7 @@ class ChatCompletionRequest(_GenerationRequest):
     chat_template: str | None = None
     chat_template_kwargs: dict[str, Any] | None = None
     documents: list[dict[str, Any]] | None = None
-    reasoning_effort: str | None = None  # forwarded to nothing yet: listed as ignored
+    reasoning_effort: str | None = None  # passed to the chat template
 
 
 @dataclass(frozen=True)
@@ -170,8 +149,6 @@ def check_unsupported(request: BaseModel) -> None:
 
 def ignored_params(request: _Tolerant) -> list[str]:
     names = request.ignored_fields()
-    if getattr(request, "reasoning_effort", None) is not None:
-        names.append("reasoning_effort")
     opts = getattr(request, "stream_options", None)
     if opts is not None:
         names += [f"stream_options.{n}" for n in opts.ignored_fields()]
@@ -183,11 +160,38 @@ def max_tokens_param(request: _GenerationRequest) -> str:
     return "max_completion_tokens" if request.max_completion_tokens is not None else "max_tokens"
 
 
+def _in_range(request: Any, name: str, low: float, high: float, *, open_low: bool = False) -> None:
+    value = getattr(request, name)
+    if value is None:
+        return
+    ok = (low < value if open_low else low <= value) and value <= high
+    if not ok:
+        bounds = f"({low}, {high}]" if open_low else f"[{low}, {high}]"
+        raise invalid(f"`{name}` must be in {bounds}, got {value}.", name)
+
+
+def _logit_bias(raw: dict[str, float] | None) -> tuple[tuple[int, float], ...]:
+    out: list[tuple[int, float]] = []
+    for key, value in (raw or {}).items():
+        try:
+            token = int(key)
+        except ValueError:
+            raise invalid(f"`logit_bias` keys must be token ids, got {key!r}.", "logit_bias") from None
+        if not -100 <= value <= 100:
+            raise invalid(f"`logit_bias` values must be in [-100, 100], got {value}.", "logit_bias")
+        out.append((token, float(value)))
+    return tuple(out)
+
+
 def to_generation_params(
     request: _GenerationRequest,
     *,
     defaults: SamplingDefaults,
     default_max_tokens: int,
+    logprobs: int | None = None,
+    prompt_logprobs: int | None = None,
+    structured: StructuredOutput | None = None,
+    allow_zero_max_tokens: bool = False,
 ) -> GenerationParams:
     """Validate value ranges and build the engine's parameters. Raises OpenAIError (400).
 
@@ -199,8 +203,8 @@ def to_generation_params(
     max_tokens = request.max_completion_tokens if request.max_completion_tokens is not None else request.max_tokens
     if max_tokens is None:
         max_tokens = default_max_tokens
-    elif max_tokens < 1:
-        raise invalid(f"`{limit_name}` must be at least 1, got {max_tokens}.", limit_name)
+    elif max_tokens < (0 if allow_zero_max_tokens else 1):
+        raise invalid(f"`{limit_name}` must be at least {0 if allow_zero_max_tokens else 1}, got {max_tokens}.", limit_name)
 
     temperature = defaults.temperature if request.temperature is None else request.temperature
     if not 0.0 <= temperature <= 2.0:
@@ -213,6 +217,13 @@ def to_generation_params(
         raise invalid(f"`top_k` must be -1 (off), 0 (off) or positive, got {top_k}.", "top_k")
     if request.seed is not None and not INT64_MIN <= request.seed <= INT64_MAX:
         raise invalid("`seed` must fit in a signed 64-bit integer.", "seed")
+    _in_range(request, "presence_penalty", -2.0, 2.0)
+    _in_range(request, "frequency_penalty", -2.0, 2.0)
+    _in_range(request, "repetition_penalty", 0.0, 2.0, open_low=True)
+    _in_range(request, "min_p", 0.0, 1.0)
+    min_tokens = request.min_tokens or 0
+    if min_tokens < 0 or min_tokens > max_tokens:
+        raise invalid(f"`min_tokens` must be between 0 and the output limit ({max_tokens}), got {min_tokens}.", "min_tokens")
 
     stop = [request.stop] if isinstance(request.stop, str) else list(request.stop or [])
     if len(stop) > MAX_STOP_STRINGS:
@@ -228,13 +239,62 @@ def to_generation_params(
         temperature=temperature,
         top_p=top_p,
         top_k=max(top_k, 0),
+        min_p=request.min_p or 0.0,
         seed=request.seed,
         stop=tuple(stop),
         stop_token_ids=tuple(stop_ids),
         include_stop_str_in_output=request.include_stop_str_in_output,
         ignore_eos=request.ignore_eos,
+        min_tokens=min_tokens,
         skip_special_tokens=request.skip_special_tokens,
+        presence_penalty=request.presence_penalty or 0.0,
+        frequency_penalty=request.frequency_penalty or 0.0,
+        repetition_penalty=1.0 if request.repetition_penalty is None else request.repetition_penalty,
+        logit_bias=_logit_bias(request.logit_bias),
+        logprobs=logprobs,
+        prompt_logprobs=prompt_logprobs,
+        structured=structured,
     )
 
 
-CHAT_ROLES: tuple[str, ...] = ("system", "developer", "user", "assistant")
+def structured_output(request: _GenerationRequest) -> StructuredOutput | None:
+    """`response_format` (OpenAI) or vLLM's `structured_outputs` / `guided_*`, as one constraint."""
+    fmt = request.response_format
+    if fmt is not None:
+        kind = fmt.get("type")
+        if kind == "text":
+            pass
+        elif kind == "json_object":
+            return StructuredOutput("json_schema", json.dumps({"type": "object"}))
+        elif kind == "json_schema":
+            spec = fmt.get("json_schema")
+            if not isinstance(spec, dict) or not isinstance(spec.get("schema", {}), dict):
+                raise invalid("`response_format.json_schema` must be an object with a `schema`.", "response_format")
+            return StructuredOutput("json_schema", json.dumps(spec.get("schema") or {"type": "object"}))
+        else:
+            raise invalid(
+                f"`response_format.type` must be text, json_object or json_schema, got {kind!r}.", "response_format"
+            )
+    so = dict(request.structured_outputs or {})
+    for legacy, key in (("guided_json", "json"), ("guided_regex", "regex"), ("guided_choice", "choice"), ("guided_grammar", "grammar")):
+        if getattr(request, legacy) is not None:
+            so[key] = getattr(request, legacy)
+    if not so:
+        return None
+    param = "structured_outputs"
+    if len([k for k in ("json", "regex", "choice", "grammar") if so.get(k) is not None]) != 1:
+        raise invalid("Give exactly one of json, regex, choice or grammar in `structured_outputs`.", param)
+    if so.get("json") is not None:
+        schema = so["json"]
+        return StructuredOutput("json_schema", schema if isinstance(schema, str) else json.dumps(schema))
+    if so.get("regex") is not None:
+        return StructuredOutput("regex", str(so["regex"]))
+    if so.get("choice") is not None:
+        choices = so["choice"]
+        if not isinstance(choices, list) or not choices or not all(isinstance(c, str) for c in choices):
+            raise invalid("`choice` must be a non-empty list of strings.", param)
+        return StructuredOutput("regex", "|".join(re.escape(c) for c in choices))
+    return StructuredOutput("lark", str(so["grammar"]))
+
+
+CHAT_ROLES: tuple[str, ...] = ("system", "developer", "user", "assistant", "tool")

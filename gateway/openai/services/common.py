@@ -1,7 +1,9 @@
-"""What chat and completions share: config, model lookup, ids, one generation run, request logs."""
+"""What chat and completions share: config, model lookup, ids, choices, request logs."""
 
 from __future__ import annotations
 
+import asyncio
+import dataclasses
 import hashlib
 import logging
 import time
@@ -11,7 +13,8 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from engines import Engine, EngineError, GenerationDelta, GenerationParams, RequestContext
-from gateway.openai.errors import OpenAIError, model_not_found
+from engines.types import TokenLogprob
+from gateway.openai.errors import OpenAIError, invalid, model_not_found
 from gateway.openai.protocol import SamplingDefaults
 from gateway.usage import UsageTracker
 
@@ -27,6 +30,9 @@ class OpenAIConfig:
     ping_interval: float = 15.0
     log_requests: bool = True
     max_log_len: int | None = None
+    max_n: int = 16
+    max_logprobs: int = 20
+    trust_request_chat_template: bool = False
 
 
 class ServiceBase:
@@ -42,6 +48,27 @@ class ServiceBase:
         if requested is None or requested == self.config.served_name:
             return self.config.served_name
         raise model_not_found(requested)
+
+    def check_n(self, n: int | None, param: str = "n") -> int:
+        n = 1 if n is None else n
+        if not 1 <= n <= self.config.max_n:
+            raise invalid(f"`{param}` must be between 1 and {self.config.max_n}, got {n}.", param)
+        return n
+
+    def check_logprobs(self, k: int | None, param: str) -> int | None:
+        if k is not None and not 0 <= k <= self.config.max_logprobs:
+            raise invalid(f"`{param}` must be between 0 and {self.config.max_logprobs}, got {k}.", param)
+        return k
+
+    def truncate(self, ids: list[int], keep: int | None) -> list[int]:
+        """`truncate_prompt_tokens`: keep the last `keep` tokens (-1: as many as the model takes)."""
+        if keep is None:
+            return ids
+        if keep == -1:
+            keep = self.engine.capabilities.max_model_len
+        if keep < 1:
+            raise invalid("`truncate_prompt_tokens` must be -1 or at least 1.", "truncate_prompt_tokens")
+        return ids[-keep:]
 
     def log_request(self, request_id: str, prompt: str | Sequence[int], params: GenerationParams) -> None:
         if not self.config.log_requests or not log.isEnabledFor(logging.INFO):
@@ -61,6 +88,13 @@ def now() -> int:
     return int(time.time())
 
 
+def seeded(params: GenerationParams, sample: int) -> GenerationParams:
+    """Choice `sample` of a seeded request uses seed + sample: distinct, and repeatable."""
+    if params.seed is None or sample == 0:
+        return params
+    return dataclasses.replace(params, seed=params.seed + sample)
+
+
 @dataclass
 class Generation:
     """One choice being generated: engine deltas with errors already in the OpenAI envelope."""
@@ -69,6 +103,8 @@ class Generation:
     prompt: Sequence[int]
     params: GenerationParams
     request_id: str
+    index: int = 0  # choice index in the response
+    prompt_index: int = 0
     rename: Mapping[str, str] = field(default_factory=dict)  # neutral field name -> request's name
 
     async def deltas(self) -> AsyncIterator[GenerationDelta]:
@@ -82,21 +118,100 @@ class Generation:
             await stream.aclose()  # type: ignore[attr-defined]
 
 
+async def merged(generations: Sequence[Generation]) -> AsyncIterator[tuple[Generation, GenerationDelta]]:
+    """Deltas of several choices as they come. Closing it aborts every choice still running."""
+    if len(generations) == 1:
+        async for delta in generations[0].deltas():
+            yield generations[0], delta
+        return
+    queue: asyncio.Queue[tuple[Generation, GenerationDelta | BaseException | None]] = asyncio.Queue()
+
+    async def pump(gen: Generation) -> None:
+        try:
+            async for delta in gen.deltas():
+                queue.put_nowait((gen, delta))
+        except Exception as exc:
+            queue.put_nowait((gen, exc))
+        finally:
+            queue.put_nowait((gen, None))
+
+    tasks = [asyncio.ensure_future(pump(g)) for g in generations]
+    remaining = len(tasks)
+    try:
+        while remaining:
+            gen, item = await queue.get()
+            if item is None:
+                remaining -= 1
+            elif isinstance(item, BaseException):
+                raise item
+            else:
+                yield gen, item
+    finally:
+        for task in tasks:
+            task.cancel()
+        await asyncio.gather(*tasks, return_exceptions=True)
+
+
+@dataclass
+class Collected:
+    generation: Generation
+    text: str
+    finish_reason: str | None
+    stop_reason: str | int | None
+    completion_tokens: int
+    prompt_tokens: int
+    logprobs: list[TokenLogprob]
+    prompt_logprobs: tuple[TokenLogprob | None, ...] | None
+
+    @property
+    def mean_logprob(self) -> float:
+        return sum(i.logprob for i in self.logprobs) / max(len(self.logprobs), 1)
+
+
+async def collect_one(gen: Generation) -> Collected:
+    parts: list[str] = []
+    items: list[TokenLogprob] = []
+    prompt_logprobs = None
+    last: GenerationDelta | None = None
+    async for delta in gen.deltas():
+        parts.append(delta.text)
+        items.extend(delta.logprobs)
+        if delta.prompt_logprobs is not None:
+            prompt_logprobs = delta.prompt_logprobs
+        last = delta
+    assert last is not None, "the engine ended a generation without a final delta"
+    return Collected(
+        gen, "".join(parts), last.finish_reason, last.stop_reason, last.completion_tokens, last.prompt_tokens,
+        items, prompt_logprobs,
+    )
+
+
+async def collect_all(generations: Sequence[Generation]) -> list[Collected]:
+    """Run every choice concurrently; if one fails, the others are aborted."""
+    tasks = [asyncio.ensure_future(collect_one(g)) for g in generations]
+    try:
+        return list(await asyncio.gather(*tasks))
+    finally:
+        for task in tasks:
+            task.cancel()
+        await asyncio.gather(*tasks, return_exceptions=True)
+
+
 @dataclass
 class Prepared:
-    """A validated request, ready to generate: ids, names, and the usage rules of its stream."""
+    """A validated request, ready to generate: ids, names, choices and its stream usage rules."""
 
     id: str
     chunk_object: str  # "chat.completion.chunk" or "text_completion"
     created: int
     model: str
     fingerprint: str
-    generation: Generation
+    generations: list[Generation]
     include_usage: bool = False
     continuous_usage: bool = False
     usage: UsageTracker = field(default_factory=UsageTracker)
 
-    def chunk(self, choice: dict[str, Any]) -> dict[str, Any]:
+    def chunk(self, choice: dict[str, Any], *, index: int = 0, prompt_index: int = 0) -> dict[str, Any]:
         """One stream chunk for one choice, with `usage` as the request's stream_options ask."""
         body: dict[str, Any] = {
             "id": self.id,
@@ -107,20 +222,20 @@ class Prepared:
             "choices": [choice],
         }
         if self.continuous_usage:
-            body["usage"] = self.usage.choice_usage()
+            body["usage"] = self.usage.choice_usage(choice=index, prompt=prompt_index)
         elif self.include_usage:
             body["usage"] = None
         return body
 
-    def response(self, object_: str, choice: dict[str, Any], usage: dict[str, Any]) -> dict[str, Any]:
-        """The non-streaming body around one choice."""
+    def response(self, object_: str, choices: list[dict[str, Any]], usage: dict[str, Any]) -> dict[str, Any]:
+        """The non-streaming body."""
         return {
             "id": self.id,
             "object": object_,
             "created": self.created,
             "model": self.model,
             "system_fingerprint": self.fingerprint,
-            "choices": [choice],
+            "choices": choices,
             "usage": usage,
         }
 
@@ -138,20 +253,9 @@ def stream_usage_options(opts: Any) -> tuple[bool, bool]:
     return include, include and bool(opts.continuous_usage_stats)
 
 
-@dataclass
-class Collected:
-    text: str
-    finish_reason: str | None
-    stop_reason: str | int | None
-    usage: dict[str, Any]
-
-
-async def collect(p: Prepared) -> Collected:
-    parts: list[str] = []
-    last: GenerationDelta | None = None
-    async for delta in p.generation.deltas():
-        p.usage.observe(delta)
-        parts.append(delta.text)
-        last = delta
-    assert last is not None, "the engine ended a generation without a final delta"
-    return Collected("".join(parts), last.finish_reason, last.stop_reason, p.usage.usage())
+def usage_of(results: Sequence[Collected], *, chat: bool) -> dict[str, Any]:
+    tracker = UsageTracker(chat=chat)
+    for r in results:
+        tracker.prompt_tokens[r.generation.prompt_index] = r.prompt_tokens
+        tracker.completion_tokens[r.generation.request_id] = r.completion_tokens  # every candidate counts
+    return tracker.usage()

@@ -1,0 +1,103 @@
+"""Constrained decoding with llguidance: JSON schema, regex and Lark grammars on CPU logits.
+
+llguidance (Microsoft; also used by vLLM and SGLang) is a Rust library with no Python
+dependencies. It computes the set of allowed next tokens as a bitmask in well under a
+millisecond per step, supports most of JSON Schema, and refuses the features it does not
+support when the grammar is compiled, so those become a 400 before any generation.
+"""
+
+from __future__ import annotations
+
+import json
+import threading
+from typing import Any
+
+import torch
+
+from engines.errors import EngineError, ErrorCode
+from engines.types import StructuredOutput
+
+
+class GrammarCompiler:
+    """Builds matchers for one tokenizer. The llguidance tokenizer is made once, lazily."""
+
+    def __init__(self, hf_tokenizer: Any, vocab_size: int) -> None:
+        self._hf = hf_tokenizer
+        self._vocab = vocab_size
+        self._lock = threading.Lock()
+        self._ll_tokenizer: Any = None
+
+    def _tokenizer(self) -> Any:
+        with self._lock:
+            if self._ll_tokenizer is None:
+                import llguidance.hf
+
+                self._ll_tokenizer = llguidance.hf.from_tokenizer(self._hf, n_vocab=self._vocab)
+            return self._ll_tokenizer
+
+    @staticmethod
+    def grammar(spec: StructuredOutput) -> str:
+        from llguidance import LLMatcher
+
+        try:
+            if spec.kind == "json_schema":
+                schema = json.loads(spec.value)
+                return LLMatcher.grammar_from_json_schema(schema, defaults={"whitespace_flexible": False})
+            if spec.kind == "regex":
+                return LLMatcher.grammar_from_regex(spec.value)
+            return LLMatcher.grammar_from_lark(spec.value)
+        except (ValueError, TypeError) as exc:
+            raise _invalid(str(exc)) from None
+
+    def validate(self, spec: StructuredOutput) -> None:
+        """Compile the constraint against the tokenizer; raise a client error if it cannot be."""
+        from llguidance import LLMatcher
+
+        grammar = self.grammar(spec)
+        error = LLMatcher.validate_grammar(grammar, self._tokenizer())
+        if error:
+            raise _invalid(error)
+
+    def constraint(self, spec: StructuredOutput) -> Constraint:
+        from llguidance import LLMatcher
+
+        matcher = LLMatcher(self._tokenizer(), self.grammar(spec))
+        if matcher.is_error():
+            raise _invalid(matcher.get_error())
+        return Constraint(matcher, self._vocab)
+
+
+class Constraint:
+    """One sequence's matcher: mask the logits, then advance with the chosen token."""
+
+    def __init__(self, matcher: Any, vocab_size: int) -> None:
+        import llguidance.torch as llt
+
+        self._llt = llt
+        self._matcher = matcher
+        self._bitmask = llt.allocate_token_bitmask(1, vocab_size)
+
+    def apply(self, logits: torch.Tensor) -> torch.Tensor:
+        """Set every disallowed token's logit to -inf (in a copy of 1-D float logits)."""
+        x = logits.float().clone().unsqueeze(0)
+        self._llt.fill_next_token_bitmask(self._matcher, self._bitmask, 0)
+        self._llt.apply_token_bitmask_inplace(x, self._bitmask)
+        return x[0]
+
+    def advance(self, token: int) -> None:
+        if not self._matcher.consume_token(token):
+            raise RuntimeError(f"constraint rejected token {token}: {self._matcher.get_error()}")
+
+    @property
+    def finished(self) -> bool:
+        """The grammar is complete: nothing more may be generated."""
+        return bool(self._matcher.is_stopped())
+
+
+def _invalid(detail: str) -> EngineError:
+    return EngineError(
+        ErrorCode.INVALID_REQUEST,
+        f"The requested output format cannot be enforced: {detail}",
+        param="response_format",
+        reason="invalid_value",
+    )
