@@ -75,6 +75,9 @@ def openai_config(settings: Settings) -> OpenAIConfig:
         ping_interval=settings.stream_ping_interval,
         log_requests=not settings.disable_log_requests,
         max_log_len=settings.max_log_len,
+        max_n=settings.max_n,
+        max_logprobs=settings.max_logprobs,
+        trust_request_chat_template=settings.trust_request_chat_template,
     )
 
 

@@ -64,6 +64,9 @@ class Settings:
     default_top_k: int | None = field(default=None, **_flag("Server default top_k (default: off)."))
     max_output_tokens: int | None = field(default=None, **_flag("Cap on the default output length of chat completions (default: the rest of the context)."))
     stream_ping_interval: float = field(default=15.0, **_flag("Seconds between SSE keep-alive comments while a stream waits."))
+    max_n: int = field(default=16, **_flag("Largest `n` (and `best_of`) a request may ask for."))
+    max_logprobs: int = field(default=20, **_flag("Largest number of alternatives per token for `logprobs` / `top_logprobs`."))
+    trust_request_chat_template: bool = field(default=False, **_flag("Let requests bring their own `chat_template` (Jinja runs in a sandbox, but templates can be costly)."))
 
     # -- construction ------------------------------------------------------------------------
 
