@@ -2,10 +2,11 @@
 
 from engines.errors import EngineError, ErrorCode
 from engines.protocol import Engine
-from engines.types import Capabilities, GenerationDelta, GenerationParams, RequestContext
+from engines.types import Capabilities, EmbeddingResult, GenerationDelta, GenerationParams, RequestContext
 
 __all__ = [
     "Capabilities",
+    "EmbeddingResult",
     "Engine",
     "EngineError",
     "ErrorCode",

@@ -66,6 +66,14 @@ class ModelSource:
     revision: str | None = None
 
 
+@dataclass(frozen=True)
+class Pooling:
+    """How token states become one embedding (sentence-transformers' Pooling + Normalize)."""
+
+    mode: str = "mean"  # mean | cls | max | last
+    normalize: bool = True
+
+
 @dataclass
 class LoadedModel:
     model: Any
@@ -76,7 +84,45 @@ class LoadedModel:
     device: torch.device
     max_model_len: int
     root: str
-    eos_token_ids: tuple[int, ...]
+    eos_token_ids: tuple[int, ...] = ()
+    pooling: Pooling | None = None
+
+
+def _read_json(path: Path) -> dict[str, Any] | list[Any] | None:
+    import json
+
+    try:
+        return json.loads(path.read_text())
+    except (OSError, ValueError):
+        return None
+
+
+def is_sentence_transformer(location: str) -> bool:
+    return Path(location, "modules.json").is_file()
+
+
+def read_pooling(location: str) -> Pooling:
+    """The sentence-transformers pooling of a model directory; mean + normalize otherwise (KServe's)."""
+    modules = _read_json(Path(location, "modules.json"))
+    if not isinstance(modules, list):
+        return Pooling()
+    types = {m.get("type", ""): m.get("path", "") for m in modules if isinstance(m, dict)}
+    normalize = any(t.endswith("Normalize") for t in types)
+    pool_path = next((p for t, p in types.items() if t.endswith("Pooling")), None)
+    config = _read_json(Path(location, pool_path, "config.json")) if pool_path else None
+    mode = "mean"
+    if isinstance(config, dict):
+        for key, name in (("pooling_mode_cls_token", "cls"), ("pooling_mode_lasttoken", "last"), ("pooling_mode_max_tokens", "max")):
+            if config.get(key):
+                mode = name
+                break
+    return Pooling(mode=mode, normalize=normalize)
+
+
+def sentence_max_len(location: str) -> int | None:
+    config = _read_json(Path(location, "sentence_bert_config.json"))
+    value = config.get("max_seq_length") if isinstance(config, dict) else None
+    return value if isinstance(value, int) and value > 0 else None
 
 
 # -- where the weights are ----------------------------------------------------------------------
@@ -273,14 +319,16 @@ def derive_max_model_len(config: Any, requested: int | None = None) -> int:
     return requested
 
 
-def resolve_task(requested: str | None, config: Any) -> Task:
+def resolve_task(requested: str | None, config: Any, *, sentence_transformer: bool = False) -> Task:
     inferred: Task | None
     try:
         inferred = infer_task(config)
     except ValueError:
-        if requested is None:
+        if requested is None and not sentence_transformer:
             raise
-        inferred = None
+        # A bare encoder (BertModel, ...) shipped as a sentence-transformers model is an
+        # embedding model; KServe makes you say --task text_embedding, we read modules.json.
+        inferred = Task.text_embedding if sentence_transformer else None
     task = parse_task(requested) if requested else inferred
     assert task is not None
     if inferred is not None and task is not inferred:
@@ -295,37 +343,42 @@ def resolve_task(requested: str | None, config: Any) -> Task:
 
 
 def load_model(spec: ModelSpec) -> LoadedModel:
-    """Resolve, then load tokenizer and weights for text generation. Heavy: call off the loop."""
-    from transformers import AutoConfig, AutoModelForCausalLM, AutoTokenizer
+    """Resolve, then load tokenizer and weights for the model's task. Heavy: call off the loop."""
+    from transformers import AutoConfig, AutoModel, AutoModelForCausalLM, AutoTokenizer
 
     source = resolve_source(spec)
     common = {"trust_remote_code": spec.trust_remote_code}
     config = AutoConfig.from_pretrained(source.location, revision=source.revision, **common)
-    task = resolve_task(spec.task, config)
+    task = resolve_task(spec.task, config, sentence_transformer=is_sentence_transformer(source.location))
     dtype = resolve_dtype(spec.dtype, config)
     max_model_len = derive_max_model_len(config, spec.max_model_len)
+    generative = task is Task.text_generation
+    if not generative and spec.max_model_len is None:
+        # sentence-transformers models were trained (and are used) at this length.
+        max_model_len = min(max_model_len, sentence_max_len(source.location) or max_model_len)
     device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    log.info("Loading generative model for task '%s' in %s from %s", task.value, dtype, source.location)
+    kind = "generative" if generative else "encoder"
+    log.info("Loading %s model for task '%s' in %s from %s", kind, task.value, dtype, source.location)
 
     tokenizer = AutoTokenizer.from_pretrained(
         source.location, revision=spec.tokenizer_revision or source.revision, **common
     )
-    tokenizer.padding_side = "left"  # decoder-only: pad on the left when batching
-    if tokenizer.pad_token is None and tokenizer.eos_token is not None:
-        tokenizer.pad_token = tokenizer.eos_token
-
-    model = AutoModelForCausalLM.from_pretrained(
-        source.location, revision=source.revision, dtype=dtype, **common
-    )
+    if generative:
+        tokenizer.padding_side = "left"  # decoder-only: pad on the left when batching
+        if tokenizer.pad_token is None and tokenizer.eos_token is not None:
+            tokenizer.pad_token = tokenizer.eos_token
+    model_class = AutoModelForCausalLM if generative else AutoModel
+    model = model_class.from_pretrained(source.location, revision=source.revision, dtype=dtype, **common)
     model.to(device).eval()
 
     eos: set[int] = set()
-    gen_eos = getattr(getattr(model, "generation_config", None), "eos_token_id", None)
-    for value in gen_eos if isinstance(gen_eos, list) else [gen_eos]:
-        if isinstance(value, int):
-            eos.add(value)
-    if tokenizer.eos_token_id is not None:
-        eos.add(int(tokenizer.eos_token_id))
+    if generative:
+        gen_eos = getattr(getattr(model, "generation_config", None), "eos_token_id", None)
+        for value in gen_eos if isinstance(gen_eos, list) else [gen_eos]:
+            if isinstance(value, int):
+                eos.add(value)
+        if tokenizer.eos_token_id is not None:
+            eos.add(int(tokenizer.eos_token_id))
 
     return LoadedModel(
         model=model,
@@ -337,4 +390,5 @@ def load_model(spec: ModelSpec) -> LoadedModel:
         max_model_len=max_model_len,
         root=source.root,
         eos_token_ids=tuple(sorted(eos)),
+        pooling=None if generative else read_pooling(source.location),
     )

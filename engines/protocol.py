@@ -6,7 +6,7 @@ from collections.abc import AsyncIterator, Sequence
 from typing import Protocol, runtime_checkable
 
 from engines.tokenizer import Tokenizer
-from engines.types import Capabilities, GenerationDelta, GenerationParams, RequestContext
+from engines.types import Capabilities, EmbeddingResult, GenerationDelta, GenerationParams, RequestContext
 
 
 @runtime_checkable
@@ -34,6 +34,10 @@ class Engine(Protocol):
         self, prompt: str | Sequence[int], params: GenerationParams, ctx: RequestContext
     ) -> AsyncIterator[GenerationDelta]:
         """Stream the deltas of one choice. Closing the iterator early aborts the request."""
+        ...
+
+    async def embed(self, inputs: Sequence[Sequence[int]], ctx: RequestContext) -> list[EmbeddingResult]:
+        """One pooled embedding per input (token ids), in order. UNSUPPORTED on generative models."""
         ...
 
     async def abort(self, request_id: str) -> None:

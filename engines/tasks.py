@@ -34,8 +34,8 @@ ARCHITECTURE_SUFFIXES: tuple[tuple[str, Task], ...] = (
     ("ForPrediction", Task.time_series_forecast),
 )
 
-# Tasks this build serves. The encoder tasks and text2text arrive with the KServe face.
-SUPPORTED_TASKS: frozenset[Task] = frozenset({Task.text_generation})
+# Tasks this build serves. The other encoder tasks and text2text arrive with the KServe face.
+SUPPORTED_TASKS: frozenset[Task] = frozenset({Task.text_generation, Task.text_embedding})
 
 
 def parse_task(name: str) -> Task:

@@ -84,6 +84,12 @@ class GenerationDelta:
 
 
 @dataclass(frozen=True)
+class EmbeddingResult:
+    embedding: tuple[float, ...]
+    prompt_tokens: int
+
+
+@dataclass(frozen=True)
 class RequestContext:
     request_id: str
     deadline: float | None = None  # time.monotonic() value after which the request is aborted

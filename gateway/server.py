@@ -19,11 +19,13 @@ from gateway.disconnect import ClientDisconnected
 from gateway.middleware import RequestIdMiddleware
 from gateway.openai.errors import OpenAIError, from_exception, from_validation_errors
 from gateway.openai.protocol import SamplingDefaults
-from gateway.openai.routes import JSONResponse, build_router
+from gateway.openai.routes import JSONResponse, build_router, build_tokenizer_router
 from gateway.openai.services.chat import ChatService
 from gateway.openai.services.common import OpenAIConfig
 from gateway.openai.services.completions import CompletionService
+from gateway.openai.services.embeddings import EmbeddingService
 from gateway.openai.services.models import ModelService
+from gateway.openai.services.tokenize import TokenizeService
 from gateway.settings import Settings, apply_process_env
 
 log = logging.getLogger("gateway")
@@ -53,11 +55,11 @@ def build_engine(settings: Settings) -> Engine:
     """Pick and load the engine (blocking: seconds to minutes)."""
     if settings.backend == "vllm":
         raise StartupError("Backend is set to 'vllm' but vLLM is not available in this build; use --backend auto or huggingface.")
-    from engines.hf import HFEngine
+    from engines.hf import load_engine
 
     log.info("Engine: transformers (backend=%s)", settings.backend)
     try:
-        return HFEngine.load(model_spec(settings), served_name=settings.model_name)
+        return load_engine(model_spec(settings), served_name=settings.model_name)
     except (ModelNotFoundError, ValueError, OSError) as exc:
         raise StartupError(str(exc)) from None
 
@@ -82,7 +84,8 @@ def openai_config(settings: Settings) -> OpenAIConfig:
 
 
 def _is_openai(request: Request) -> bool:
-    return request.url.path.startswith(OPENAI_PREFIX)
+    path = request.url.path
+    return path.startswith(OPENAI_PREFIX) or path in ("/tokenize", "/detokenize")
 
 
 def _openai_response(err: OpenAIError) -> Response:
@@ -138,12 +141,17 @@ def create_app(settings: Settings, engine: Engine) -> FastAPI:
     install_error_handlers(app)
 
     config = openai_config(settings)
+    chat = ChatService(engine, config)
     router = build_router(
-        ChatService(engine, config),
+        chat,
         CompletionService(engine, config),
+        EmbeddingService(engine, config),
         ModelService(engine, config, created=int(time.time())),
     )
     app.include_router(router, prefix=f"{OPENAI_PREFIX}/v1")
+    tokenizer_router = build_tokenizer_router(TokenizeService(chat))
+    app.include_router(tokenizer_router, prefix=OPENAI_PREFIX)
+    app.include_router(tokenizer_router)
 
     @app.get("/")
     async def liveness() -> Response:

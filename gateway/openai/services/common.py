@@ -13,6 +13,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from engines import Engine, EngineError, GenerationDelta, GenerationParams, RequestContext
+from engines.tasks import Task
 from engines.types import TokenLogprob
 from gateway.openai.errors import OpenAIError, invalid, model_not_found
 from gateway.openai.protocol import SamplingDefaults
@@ -48,6 +49,17 @@ class ServiceBase:
         if requested is None or requested == self.config.served_name:
             return self.config.served_name
         raise model_not_found(requested)
+
+    def require_task(self, task: Task) -> None:
+        """A request the served model cannot answer at all is the client's mistake: 400."""
+        caps = self.engine.capabilities
+        if task in caps.tasks:
+            return
+        if task is Task.text_generation:
+            message = f"The model `{caps.model_name}` is an embedding model: it serves /embeddings, not text generation."
+        else:
+            message = f"The model `{caps.model_name}` generates text: it does not serve embeddings."
+        raise OpenAIError(400, message, code="unsupported_model", param="model")
 
     def check_n(self, n: int | None, param: str = "n") -> int:
         n = 1 if n is None else n

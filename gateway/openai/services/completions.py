@@ -7,6 +7,7 @@ from collections.abc import AsyncIterator
 from dataclasses import dataclass
 from typing import Any
 
+from engines.tasks import Task
 from gateway.openai.errors import invalid, unsupported
 from gateway.openai.protocol import (
     CompletionRequest,
@@ -64,6 +65,7 @@ class CompletionService(ServiceBase):
 
     async def plan(self, req: CompletionRequest) -> CompletionPlan:
         model = self.resolve_model(req.model)
+        self.require_task(Task.text_generation)
         check_unsupported(req)
         prompts = _prompts(req.prompt)
         n = self.check_n(req.n)

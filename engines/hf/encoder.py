@@ -1,0 +1,139 @@
+"""HFEncoderEngine: embeddings from an encoder (BERT-style) model, off the event loop.
+
+Pooling follows the model's sentence-transformers configuration (mean, CLS, max or last token,
+then L2 normalisation when the model has a Normalize module), mean + normalise otherwise.
+Forward passes run on one worker thread; padding only ever sees its own batch.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import AsyncIterator, Sequence
+from concurrent.futures import ThreadPoolExecutor
+
+import torch
+
+from engines.errors import EngineError, ErrorCode
+from engines.loader import LoadedModel, Pooling
+from engines.tokenizer import Tokenizer
+from engines.types import Capabilities, EmbeddingResult, GenerationDelta, GenerationParams, RequestContext
+
+_MAX_BATCH = 32
+
+
+def pool(hidden: torch.Tensor, mask: torch.Tensor, pooling: Pooling) -> torch.Tensor:
+    """[batch, seq, dim] token states + [batch, seq] attention mask -> [batch, dim]."""
+    mask_f = mask.unsqueeze(-1).to(hidden.dtype)
+    if pooling.mode == "cls":
+        out = hidden[:, 0]
+    elif pooling.mode == "max":
+        out = hidden.masked_fill(mask_f == 0, float("-inf")).max(dim=1).values
+    elif pooling.mode == "last":
+        last = mask.sum(dim=1) - 1  # right padding: the last real token
+        out = hidden[torch.arange(hidden.shape[0]), last]
+    else:
+        out = (hidden * mask_f).sum(dim=1) / mask_f.sum(dim=1).clamp(min=1e-9)
+    out = out.float()
+    if pooling.normalize:
+        out = torch.nn.functional.normalize(out, p=2, dim=-1)
+    return out
+
+
+class HFEncoderEngine:
+    def __init__(self, loaded: LoadedModel, *, served_name: str) -> None:
+        self._loaded = loaded
+        self._model = loaded.model
+        self._pooling = loaded.pooling or Pooling()
+        self._tokenizer = Tokenizer(loaded.hf_tokenizer)
+        pad = loaded.hf_tokenizer.pad_token_id
+        self._pad_id = 0 if pad is None else int(pad)
+        self._capabilities = Capabilities(
+            model_name=served_name,
+            root=loaded.root,
+            tasks=frozenset({loaded.task}),
+            max_model_len=loaded.max_model_len,
+            engine="transformers",
+            dtype=str(loaded.dtype).removeprefix("torch."),
+            vocab_size=max(self._tokenizer.vocab_size, int(getattr(loaded.config, "vocab_size", 0) or 0)),
+            has_chat_template=False,
+            extra={"pooling": self._pooling.mode, "normalize": self._pooling.normalize,
+                   "dimensions": int(getattr(loaded.config, "hidden_size", 0) or 0)},
+        )
+        self._executor: ThreadPoolExecutor | None = None
+        self._embedded_total = 0
+
+    @property
+    def capabilities(self) -> Capabilities:
+        return self._capabilities
+
+    @property
+    def tokenizer(self) -> Tokenizer:
+        return self._tokenizer
+
+    async def start(self) -> None:
+        if self._executor is None:
+            self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="hf-encoder")
+
+    async def stop(self) -> None:
+        if self._executor is not None:
+            self._executor.shutdown(wait=True, cancel_futures=True)
+            self._executor = None
+
+    async def check_health(self) -> bool:
+        return self._executor is not None
+
+    def stats(self) -> dict[str, int]:
+        return {"running": 0, "waiting": 0, "aborted_total": 0, "completed_total": self._embedded_total}
+
+    async def abort(self, request_id: str) -> None:
+        return None  # embedding batches are short and not interruptible
+
+    async def generate(
+        self, prompt: str | Sequence[int], params: GenerationParams, ctx: RequestContext
+    ) -> AsyncIterator[GenerationDelta]:
+        raise EngineError(
+            ErrorCode.UNSUPPORTED,
+            f"The model `{self._capabilities.model_name}` is an embedding model; it does not generate text.",
+            param="model",
+            reason="unsupported_model",
+        )
+        yield  # pragma: no cover  (makes this an async generator)
+
+    async def embed(self, inputs: Sequence[Sequence[int]], ctx: RequestContext) -> list[EmbeddingResult]:
+        limit = self._capabilities.max_model_len
+        vocab = self._capabilities.vocab_size
+        for ids in inputs:
+            if not ids:
+                raise EngineError(ErrorCode.INVALID_REQUEST, "An input is empty.", param="input")
+            if len(ids) > limit:
+                raise EngineError(
+                    ErrorCode.CONTEXT_LENGTH_EXCEEDED,
+                    f"This model's maximum context length is {limit} tokens. However, you requested "
+                    f"{len(ids)} tokens in the input for embedding generation. Please reduce the length of the input.",
+                    param="input",
+                )
+            if any(not 0 <= t < vocab for t in ids):
+                raise EngineError(ErrorCode.INVALID_REQUEST, "An input token id is out of vocabulary.", param="input",
+                                  reason="invalid_token_id")
+        if self._executor is None:
+            raise EngineError(ErrorCode.UNAVAILABLE, "The engine is not running.")
+        loop = asyncio.get_running_loop()
+        results: list[EmbeddingResult] = []
+        for start in range(0, len(inputs), _MAX_BATCH):
+            batch = [list(x) for x in inputs[start : start + _MAX_BATCH]]
+            vectors = await loop.run_in_executor(self._executor, self._forward, batch)
+            results += [EmbeddingResult(tuple(v), len(ids)) for v, ids in zip(vectors, batch)]
+        self._embedded_total += len(inputs)
+        return results
+
+    def _forward(self, batch: list[list[int]]) -> list[list[float]]:
+        width = max(len(ids) for ids in batch)
+        device = self._loaded.device
+        input_ids = torch.full((len(batch), width), self._pad_id, dtype=torch.long, device=device)
+        mask = torch.zeros((len(batch), width), dtype=torch.long, device=device)
+        for row, ids in enumerate(batch):
+            input_ids[row, : len(ids)] = torch.tensor(ids, dtype=torch.long)
+            mask[row, : len(ids)] = 1
+        with torch.inference_mode():
+            hidden = self._model(input_ids=input_ids, attention_mask=mask).last_hidden_state
+            return pool(hidden, mask, self._pooling).tolist()
