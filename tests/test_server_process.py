@@ -1,6 +1,7 @@
 """The real thing: `python -m gateway` as a subprocess on the packaged SmolLM2, the official SDK
 over HTTP, exactly as the README tells a newcomer to do it."""
 
+import json
 import os
 import subprocess
 import sys
@@ -28,11 +29,9 @@ def start(*args, env=None):
     )
 
 
-@pytest.fixture(scope="module")
-def smollm_server(smollm_dir):
+def serve(*args):
     port = free_port()
-    # No model flags at all: the default model must be found on its own.
-    proc = start("--host", "127.0.0.1", "--http_port", str(port))
+    proc = start("--host", "127.0.0.1", "--http_port", str(port), *args)
     base = f"http://127.0.0.1:{port}"
     deadline = time.monotonic() + 120
     while True:
@@ -47,6 +46,21 @@ def smollm_server(smollm_dir):
             proc.kill()
             pytest.fail("server did not become ready")
         time.sleep(0.2)
+    return proc, base
+
+
+@pytest.fixture(scope="module")
+def smollm_server(smollm_dir):
+    # No model flags at all: the default model must be found on its own.
+    proc, base = serve()
+    yield base
+    proc.terminate()
+    proc.wait(15)
+
+
+@pytest.fixture(scope="module")
+def minilm_server(minilm_dir):
+    proc, base = serve("--model_dir", str(minilm_dir), "--model_name", "minilm")
     yield base
     proc.terminate()
     proc.wait(15)
@@ -118,3 +132,36 @@ def test_unknown_flag_fails_fast():
     proc = start("--model_name", "m", "--definitely-not-a-flag")
     out, _ = proc.communicate(timeout=60)
     assert proc.returncode == 2 and "unknown flag(s): --definitely-not-a-flag" in out
+
+
+def test_structured_output_on_the_real_model(sdk):
+    schema = {"type": "object", "properties": {"city": {"type": "string", "maxLength": 20}, "country": {"type": "string", "maxLength": 20}},
+              "required": ["city", "country"], "additionalProperties": False}
+    r = sdk.chat.completions.create(
+        model="model", messages=[{"role": "user", "content": "Name the capital of France and its country as JSON."}],
+        temperature=0, max_tokens=60, response_format={"type": "json_schema", "json_schema": {"name": "place", "schema": schema}},
+    )
+    assert r.choices[0].finish_reason == "stop"
+    value = json.loads(r.choices[0].message.content)
+    assert set(value) == {"city", "country"} and "Paris" in value["city"]
+
+
+def test_named_tool_call_on_the_real_model(sdk):
+    tool = {"type": "function", "function": {"name": "get_weather", "parameters": {
+        "type": "object", "properties": {"city": {"type": "string", "maxLength": 20}}, "required": ["city"], "additionalProperties": False}}}
+    r = sdk.chat.completions.create(
+        model="model", messages=[{"role": "user", "content": "What is the weather in Paris?"}], tools=[tool],
+        tool_choice={"type": "function", "function": {"name": "get_weather"}}, temperature=0, max_tokens=40,
+    )
+    (call,) = r.choices[0].message.tool_calls
+    assert call.function.name == "get_weather" and "Paris" in json.loads(call.function.arguments)["city"]
+
+
+def test_embeddings_server_with_the_sdk_defaults(minilm_server):
+    client = openai.OpenAI(base_url=f"{minilm_server}/openai/v1", api_key="x", max_retries=0)
+    r = client.embeddings.create(model="minilm", input=["The cat sat.", "A cat was sitting.", "Interest rates rose."])
+    a, b, c = (d.embedding for d in r.data)
+    assert len(a) == 384
+    assert sum(x * y for x, y in zip(a, b)) > sum(x * y for x, y in zip(a, c))
+    (model,) = client.models.list().data
+    assert model.id == "minilm" and model.model_extra["max_model_len"] == 256
