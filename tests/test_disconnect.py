@@ -89,3 +89,17 @@ async def test_keepalive_pings_while_waiting(tiny_engine):
         r = await http.post("/openai/v1/completions", json={"prompt": "Hi", "max_tokens": 3, "stream": True, "ignore_eos": True})
     assert ": ping\n\n" in r.text
     assert len(sse_events(r.text)) >= 1
+
+
+async def test_closing_an_n_stream_aborts_every_choice(live_tiny, tiny_engine):
+    before = tiny_engine.stats()["aborted_total"]
+    async with httpx.AsyncClient(base_url=live_tiny.base_url, timeout=60) as http:
+        async with http.stream("POST", "/openai/v1/chat/completions", json={**LONG, "n": 3, "stream": True}) as r:
+            events = 0
+            async for line in r.aiter_lines():
+                events += line.startswith("data: ")
+                if events == 10:
+                    break
+    stats = await wait_idle(tiny_engine)
+    assert stats["running"] == 0 and stats["waiting"] == 0
+    assert stats["aborted_total"] == before + 3

@@ -121,6 +121,7 @@ class ChatCompletionRequest(_GenerationRequest):
     chat_template_kwargs: dict[str, Any] | None = None
     documents: list[dict[str, Any]] | None = None
     reasoning_effort: str | None = None  # passed to the chat template
+    add_special_tokens: bool = False  # the template already adds BOS and friends
 
 
 @dataclass(frozen=True)
@@ -297,4 +298,4 @@ def structured_output(request: _GenerationRequest) -> StructuredOutput | None:
     return StructuredOutput("lark", str(so["grammar"]))
 
 
-CHAT_ROLES: tuple[str, ...] = ("system", "developer", "user", "assistant", "tool")
+CHAT_ROLES: tuple[str, ...] = ("system", "developer", "user", "assistant", "tool", "function")

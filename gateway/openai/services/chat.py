@@ -139,21 +139,23 @@ class ChatService(ServiceBase):
             **kwargs,
         }
 
-    def render(self, messages: list[dict[str, Any]], options: dict[str, Any], tools: Any = None) -> tuple[str, list[int]]:
+    def render(
+        self, messages: list[dict[str, Any]], options: dict[str, Any], tools: Any = None, add_special_tokens: bool = False
+    ) -> tuple[str, list[int]]:
         """Messages to prompt text and ids (blocking: run it in a thread)."""
         tok = self.engine.tokenizer
         if tools:
             options = {**options, "tools": tools}
         text = tok.apply_chat_template(messages, **options)
-        # The template already holds BOS and friends: do not add special tokens again.
-        return text, tok.encode(text, add_special_tokens=False)
+        # The template normally holds BOS and friends already: no special tokens unless asked.
+        return text, tok.encode(text, add_special_tokens=add_special_tokens)
 
     async def prompt_ids(self, req: ChatCompletionRequest, tools: Any = None) -> tuple[str, list[int]]:
         messages = self._template_messages(req.messages)
         options = self.template_options(req)
         # Template rendering and tokenization are CPU work: keep them off the event loop.
         # Template errors arrive as EngineError(reason="template_error") and map to a 400.
-        text, ids = await asyncio.to_thread(self.render, messages, options, tools)
+        text, ids = await asyncio.to_thread(self.render, messages, options, tools, req.add_special_tokens)
         return text, self.truncate(ids, req.truncate_prompt_tokens)
 
     async def plan(self, req: ChatCompletionRequest) -> ChatPlan:

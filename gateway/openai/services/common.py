@@ -92,6 +92,21 @@ class ServiceBase:
         log.info("Received request %s: prompt: %r, params: %s", request_id, shown, params)
 
 
+def text_or_token_lists(raw: Any, param: str, *, limit: int | None = None) -> list[str | list[int]]:
+    """The four input forms (a string, strings, token ids, lists of token ids) as a list."""
+    if isinstance(raw, str):
+        items: list[Any] = [raw]
+    elif raw and all(isinstance(t, int) for t in raw):
+        items = [raw]
+    else:
+        items = list(raw)
+    if not items or any(len(i) == 0 for i in items):
+        raise invalid(f"`{param}` must not be empty, and neither may any element of it.", param)
+    if limit is not None and len(items) > limit:
+        raise invalid(f"At most {limit} inputs per request, got {len(items)}.", param)
+    return items
+
+
 def new_id(prefix: str) -> str:
     return f"{prefix}-{uuid.uuid4().hex}"
 

@@ -27,6 +27,7 @@ from gateway.openai.services.common import (
     now,
     seeded,
     stream_usage_options,
+    text_or_token_lists,
     usage_of,
 )
 from gateway.openai.services.logprobs import CompletionLogprobs, merge_blocks
@@ -45,19 +46,6 @@ class CompletionPlan:
     logprobs: int | None  # what the client asked for (None: no logprobs in the response)
 
 
-def _prompts(prompt: Any) -> list[str | list[int]]:
-    """The four forms: a string, a list of strings, token ids, a list of token-id lists."""
-    if isinstance(prompt, str):
-        prompts: list[Any] = [prompt]
-    elif prompt and all(isinstance(p, int) for p in prompt):
-        prompts = [prompt]
-    else:
-        prompts = list(prompt)
-    if not prompts or any(len(p) == 0 for p in prompts):
-        raise invalid("Prompts must not be empty.", "prompt")
-    return prompts
-
-
 class CompletionService(ServiceBase):
     def _encode(self, prompts: list[str | list[int]], add_special_tokens: bool) -> list[list[int]]:
         tok = self.engine.tokenizer
@@ -67,7 +55,7 @@ class CompletionService(ServiceBase):
         model = self.resolve_model(req.model)
         self.require_task(Task.text_generation)
         check_unsupported(req)
-        prompts = _prompts(req.prompt)
+        prompts = text_or_token_lists(req.prompt, "prompt")
         n = self.check_n(req.n)
         best_of = self.check_n(req.best_of if req.best_of is not None else n, "best_of")
         if best_of < n:

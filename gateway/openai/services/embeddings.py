@@ -12,7 +12,7 @@ from engines import RequestContext
 from engines.tasks import Task
 from gateway.openai.errors import invalid
 from gateway.openai.protocol import _Tolerant
-from gateway.openai.services.common import ServiceBase, new_id
+from gateway.openai.services.common import ServiceBase, new_id, text_or_token_lists
 
 MAX_INPUTS = 2048  # OpenAI's limit per request
 
@@ -25,20 +25,6 @@ class EmbeddingRequest(_Tolerant):
     user: str | None = None
     truncate_prompt_tokens: int | None = None
     add_special_tokens: bool = True
-
-
-def _inputs(raw: Any) -> list[str | list[int]]:
-    if isinstance(raw, str):
-        items: list[Any] = [raw]
-    elif raw and all(isinstance(t, int) for t in raw):
-        items = [raw]
-    else:
-        items = list(raw)
-    if not items or any(len(i) == 0 for i in items):
-        raise invalid("`input` must not be empty (and no element of it either).", "input")
-    if len(items) > MAX_INPUTS:
-        raise invalid(f"At most {MAX_INPUTS} inputs per request, got {len(items)}.", "input")
-    return items
 
 
 def _reshape(vector: tuple[float, ...], dimensions: int | None) -> list[float]:
@@ -61,7 +47,7 @@ class EmbeddingService(ServiceBase):
     async def create(self, req: EmbeddingRequest) -> dict[str, Any]:
         model = self.resolve_model(req.model)
         self.require_task(Task.text_embedding)
-        items = _inputs(req.input)
+        items = text_or_token_lists(req.input, "input", limit=MAX_INPUTS)
         full = int(self.engine.capabilities.extra.get("dimensions") or 0)
         if req.dimensions is not None and not 1 <= req.dimensions <= (full or req.dimensions):
             raise invalid(f"`dimensions` must be between 1 and {full}, got {req.dimensions}.", "dimensions")

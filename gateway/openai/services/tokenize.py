@@ -52,7 +52,9 @@ class TokenizeService(ServiceBase):
             ids = await asyncio.to_thread(tok.encode, req.prompt, add_special_tokens=add)
         else:
             self.require_task(Task.text_generation)
-            chat_req = ChatCompletionRequest.model_validate(req.model_dump(exclude={"prompt", "return_token_strs", "add_special_tokens"}))
+            chat_req = ChatCompletionRequest.model_validate(
+                {**req.model_dump(exclude={"prompt", "return_token_strs"}), "add_special_tokens": bool(req.add_special_tokens)}
+            )
             tools = plan_tools(chat_req)
             _, ids = await self.chat.prompt_ids(chat_req, tools.template_tools)
         strs = await asyncio.to_thread(tok.convert_ids_to_tokens, ids) if req.return_token_strs else None
