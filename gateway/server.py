@@ -59,7 +59,13 @@ def build_engine(settings: Settings) -> Engine:
 
     log.info("Engine: transformers (backend=%s)", settings.backend)
     try:
-        return load_engine(model_spec(settings), served_name=settings.model_name)
+        return load_engine(
+            model_spec(settings),
+            served_name=settings.model_name,
+            max_num_seqs=settings.max_num_seqs,
+            max_waiting=settings.max_waiting,
+            kv_cache_memory_gb=settings.kv_cache_memory_gb,
+        )
     except (ModelNotFoundError, ValueError, OSError) as exc:
         raise StartupError(str(exc)) from None
 
@@ -156,6 +162,20 @@ def create_app(settings: Settings, engine: Engine) -> FastAPI:
     @app.get("/")
     async def liveness() -> Response:
         return JSONResponse({"status": "alive"})
+
+    @app.get("/health")
+    async def health() -> Response:
+        """Liveness of the engine itself (its scheduler thread or worker)."""
+        ok = await engine.check_health()
+        return JSONResponse({"healthy": ok}, status_code=200 if ok else 503)
+
+    @app.get("/ready")
+    async def ready() -> Response:
+        """Ready to take more work: healthy, and its waiting queue is not full."""
+        ok = await engine.check_health()
+        saturated = bool(engine.stats().get("saturated"))
+        body = {"ready": ok and not saturated, "saturated": saturated, **engine.stats()}
+        return JSONResponse(body, status_code=200 if body["ready"] else 503, headers={} if body["ready"] else {"Retry-After": "1"})
 
     return app
 

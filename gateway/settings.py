@@ -58,6 +58,10 @@ class Settings:
     disable_log_requests: bool = field(default=False, **_flag("Do not log received requests."))
     max_log_len: int | None = field(default=None, **_flag("Truncate prompts in request logs to this many characters."))
     cache_dir: str | None = field(default=None, **_flag("Where converted GGUF models are kept. Default: $XDG_CACHE_HOME/hf-gateway or ~/.cache/hf-gateway."))
+    # -- engine capacity ---------------------------------------------------------------------
+    max_num_seqs: int = field(default=32, **_flag("Most sequences the transformers engine decodes together in one batch."))
+    max_waiting: int = field(default=256, **_flag("Most requests waiting for a batch slot; beyond it new requests get 429."))
+    kv_cache_memory_gb: float = field(default=4.0, **_flag("KV-cache memory bound of the transformers engine, in GiB; rows beyond it wait or are preempted."))
     # -- OpenAI surface ----------------------------------------------------------------------
     default_temperature: float | None = field(default=None, **_flag("Server default temperature when a request sends none (OpenAI default: 1.0)."))
     default_top_p: float | None = field(default=None, **_flag("Server default top_p (OpenAI default: 1.0)."))

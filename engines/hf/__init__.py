@@ -8,12 +8,23 @@ from engines.loader import ModelSpec, load_model
 from engines.tasks import Task
 
 
-def load_engine(spec: ModelSpec, *, served_name: str) -> HFEngine | HFEncoderEngine:
+def load_engine(
+    spec: ModelSpec,
+    *,
+    served_name: str,
+    max_num_seqs: int = 32,
+    max_waiting: int = 256,
+    kv_cache_memory_gb: float = 4.0,
+) -> HFEngine | HFEncoderEngine:
     """Load the model and wrap it in the engine its task needs (blocking: seconds)."""
     loaded = load_model(spec)
-    if loaded.task is Task.text_generation:
-        return HFEngine(loaded, served_name=served_name)
-    return HFEncoderEngine(loaded, served_name=served_name)
+    if loaded.task is not Task.text_generation:
+        return HFEncoderEngine(loaded, served_name=served_name)
+    engine = HFEngine(loaded, served_name=served_name)
+    engine.limits.max_num_seqs = max_num_seqs
+    engine.limits.max_waiting = max_waiting
+    engine.limits.kv_cache_tokens = int(kv_cache_memory_gb * (1 << 30)) // engine.kv_bytes_per_token
+    return engine
 
 
 __all__ = ["HFEncoderEngine", "HFEngine", "load_engine"]

@@ -4,10 +4,12 @@ from __future__ import annotations
 
 import asyncio
 import logging
+
+import torch
 from collections.abc import AsyncIterator, Sequence
 
 from engines.errors import EngineError, ErrorCode
-from engines.hf.scheduler import GenerationScheduler
+from engines.hf.scheduler import GenerationScheduler, SchedulerLimits
 from engines.hf.scheduler import Sequence as SchedSequence
 from engines.loader import LoadedModel, ModelSpec, load_model
 from engines.structured import GrammarCompiler
@@ -28,7 +30,7 @@ def context_length_message(max_model_len: int, prompt_tokens: int, max_tokens: i
 
 
 class HFEngine:
-    def __init__(self, loaded: LoadedModel, *, served_name: str) -> None:
+    def __init__(self, loaded: LoadedModel, *, served_name: str, limits: SchedulerLimits | None = None) -> None:
         self._loaded = loaded
         self._tokenizer = Tokenizer(loaded.hf_tokenizer, eos_token_ids=loaded.eos_token_ids)
         self._capabilities = Capabilities(
@@ -51,12 +53,21 @@ class HFEngine:
             eos_token_ids=self._tokenizer.eos_token_ids,
             vocab_size=logits_vocab,
             grammars=self._grammars,
+            limits=limits,
         )
 
+    @property
+    def kv_bytes_per_token(self) -> int:
+        """KV-cache bytes one token of one row takes: keys and values, every layer."""
+        cfg = self._loaded.model.config
+        heads = getattr(cfg, "num_key_value_heads", None) or cfg.num_attention_heads
+        head_dim = getattr(cfg, "head_dim", None) or cfg.hidden_size // cfg.num_attention_heads
+        return 2 * cfg.num_hidden_layers * heads * head_dim * torch.finfo(self._loaded.dtype).bits // 8
+
     @classmethod
-    def load(cls, spec: ModelSpec, *, served_name: str) -> HFEngine:
+    def load(cls, spec: ModelSpec, *, served_name: str, limits: SchedulerLimits | None = None) -> HFEngine:
         """Load weights and tokenizer (blocking, seconds): call before serving or in a thread."""
-        return cls(load_model(spec), served_name=served_name)
+        return cls(load_model(spec), served_name=served_name, limits=limits)
 
     # -- protocol -----------------------------------------------------------------------------
 
@@ -77,6 +88,10 @@ class HFEngine:
 
     async def check_health(self) -> bool:
         return self._scheduler.alive
+
+    @property
+    def limits(self) -> SchedulerLimits:
+        return self._scheduler.limits
 
     def stats(self) -> dict[str, int]:
         return self._scheduler.stats()

@@ -1,11 +1,18 @@
-"""The generation loop of the transformers engine, on its own thread.
+"""The generation loop of the transformers engine: continuous batching on its own thread.
 
-The scheduler owns the model. Requests wait in a FIFO queue; the loop runs decoding *steps*
-(one forward pass each) over the model with a KV cache, samples with each request's own RNG,
-turns token ids into text with the shared `ChoiceText`, and hands every step's delta to the
-request's event loop. Abort and deadlines are checked between steps, so a cancelled request
-stops within one step. Today one sequence runs at a time; the step structure is what lets a
-batched scheduler replace `_run_sequence` without touching the engine seam.
+The scheduler owns the model. Every iteration is one *step*:
+
+1. admit waiting requests (bounded by `max_num_seqs` and the KV-cache budget) and prefill them
+   together in one left-padded forward pass; their KV rows join the running batch;
+2. for every running row, pick the next token from its pending logits with that request's own
+   processors and RNG (penalties, logit_bias, constraint, seed, logprobs), turn it into text with
+   the shared `ChoiceText`, and hand the delta to the request's event loop;
+3. drop finished, aborted and expired rows from the batch at once (their KV memory goes with them);
+4. one decode forward pass for all remaining rows gives everybody's next logits.
+
+Rows of different lengths share one left-padded KV cache (a transformers `DynamicCache`) with a
+2-D attention mask and per-row position ids. When the cache outgrows its budget the newest row is
+preempted: it leaves the batch and is re-admitted later by recomputing prompt + output so far.
 """
 
 from __future__ import annotations
@@ -20,11 +27,12 @@ from dataclasses import dataclass, field
 from typing import Any
 
 import torch
+import torch.nn.functional as F
 
 from engines.detokenizer import ChoiceText, decode_prompt_pieces
 from engines.errors import EngineError, ErrorCode
 from engines.sampling import SequenceSampler, top_logprobs
-from engines.structured import GrammarCompiler
+from engines.structured import Constraint, GrammarCompiler
 from engines.tokenizer import Tokenizer
 from engines.types import GenerationDelta, GenerationParams, TokenLogprob
 
@@ -42,6 +50,40 @@ class Sequence:
     deadline: float | None = None
     cancelled: bool = False
     generated: list[int] = field(default_factory=list)
+    # Decoding state, made on first admission and kept across preemptions.
+    text: ChoiceText | None = None
+    sampler: SequenceSampler | None = None
+    constraint: Constraint | None = None
+    budget: int = 0
+    preempted: int = 0
+    prompt_logprobs: tuple[TokenLogprob | None, ...] | None = None  # sent with the first token
+
+    @property
+    def context(self) -> list[int]:
+        """What the model must have seen before the next token: prompt + output so far."""
+        return self.prompt_ids + self.generated
+
+
+@dataclass
+class SchedulerLimits:
+    max_num_seqs: int = 32  # rows decoded together
+    max_waiting: int = 256  # queued requests beyond which submit() refuses (429)
+    kv_cache_tokens: int = 1 << 20  # padded rows x width the KV cache may hold
+
+
+@dataclass
+class Batch:
+    """The running rows and their shared, left-padded KV cache."""
+
+    rows: list[Sequence]
+    cache: Any  # DynamicCache with [rows, heads, width, head_dim] layers
+    mask: torch.Tensor  # [rows, width], 1 where a real token is
+    lengths: torch.Tensor  # [rows], real tokens per row (= next position id)
+    logits: torch.Tensor  # [rows, vocab], the pending next-token logits
+
+    @property
+    def width(self) -> int:
+        return int(self.mask.shape[1])
 
 
 class GenerationScheduler:
@@ -54,6 +96,7 @@ class GenerationScheduler:
         eos_token_ids: frozenset[int],
         vocab_size: int,
         grammars: GrammarCompiler,
+        limits: SchedulerLimits | None = None,
     ) -> None:
         self._model = model
         self._tok = tokenizer
@@ -61,16 +104,22 @@ class GenerationScheduler:
         self._grammars = grammars
         self._max_model_len = max_model_len
         self._eos = eos_token_ids
+        self.limits = limits or SchedulerLimits()
         self._device = next(model.parameters()).device
         self._cache_kwarg = "cache" if "cache" in inspect.signature(model.forward).parameters else "past_key_values"
+        pad = tokenizer.hf.pad_token_id
+        self._pad_id = int(pad) if pad is not None else 0
         self._cond = threading.Condition()
         self._waiting: deque[Sequence] = deque()
-        self._running: dict[str, Sequence] = {}
+        self._batch: Batch | None = None
         self._by_id: dict[str, Sequence] = {}
         self._stopping = False
         self._thread: threading.Thread | None = None
         self.aborted_total = 0
         self.completed_total = 0
+        self.preempted_total = 0
+        self.steps_total = 0
+        self.last_batch_size = 0
 
     # -- lifecycle ----------------------------------------------------------------------------
 
@@ -99,6 +148,11 @@ class GenerationScheduler:
                 raise EngineError(ErrorCode.UNAVAILABLE, "The generation engine is not running.")
             if seq.request_id in self._by_id:
                 raise EngineError(ErrorCode.INVALID_REQUEST, f"Duplicate request id {seq.request_id}")
+            if len(self._waiting) >= self.limits.max_waiting:
+                raise EngineError(
+                    ErrorCode.OVERLOADED,
+                    f"The server is at capacity ({self.limits.max_waiting} requests waiting); retry shortly.",
+                )
             self._by_id[seq.request_id] = seq
             self._waiting.append(seq)
             self._cond.notify()
@@ -110,27 +164,50 @@ class GenerationScheduler:
                 return
             seq.cancelled = True
             self.aborted_total += 1
-            if seq in self._waiting:
+            if seq in self._waiting:  # never started: forget it now
                 self._waiting.remove(seq)
                 self._by_id.pop(request_id, None)
+            self._cond.notify()
+
+    @property
+    def saturated(self) -> bool:
+        return len(self._waiting) >= self.limits.max_waiting
 
     def stats(self) -> dict[str, int]:
         with self._cond:
+            running = len(self._by_id) - len(self._waiting)
             return {
-                "running": len(self._running),
+                "running": running,
                 "waiting": len(self._waiting),
                 "aborted_total": self.aborted_total,
                 "completed_total": self.completed_total,
+                "preempted_total": self.preempted_total,
+                "steps_total": self.steps_total,
+                "batch_size": self.last_batch_size,
+                "kv_cache_tokens": 0 if self._batch is None else len(self._batch.rows) * self._batch.width,
+                "saturated": int(self.saturated),
             }
 
     # -- the loop -----------------------------------------------------------------------------
+
+    def _forward(self, input_ids: torch.Tensor, mask: torch.Tensor, positions: torch.Tensor, cache: Any, *, all_logits: bool = False) -> torch.Tensor:
+        out = self._model(
+            input_ids=input_ids,
+            attention_mask=mask,
+            position_ids=positions,
+            use_cache=True,
+            logits_to_keep=0 if all_logits else 1,
+            **{self._cache_kwarg: cache},
+        )
+        return out.logits
 
     def _warm_up(self) -> None:
         """One tiny forward pass, so the first request does not pay for lazy initialisation."""
         from transformers import DynamicCache
 
+        ids = torch.tensor([(self._tok.encode("Hello", add_special_tokens=False) or [0])[:1]], device=self._device)
         with torch.inference_mode():
-            self._forward((self._tok.encode("Hello", add_special_tokens=False) or [0])[:1], DynamicCache())
+            self._forward(ids, torch.ones_like(ids), torch.zeros_like(ids), DynamicCache())
 
     def _loop(self) -> None:
         try:
@@ -139,34 +216,214 @@ class GenerationScheduler:
             log.exception("warm-up forward pass failed")
         while True:
             with self._cond:
-                while not self._waiting and not self._stopping:
+                while not self._waiting and self._batch is None and not self._stopping:
                     self._cond.wait()
                 if self._stopping:
                     return
-                seq = self._waiting.popleft()
-                self._running[seq.request_id] = seq
             try:
-                self._run_sequence(seq)
-            except Exception as exc:  # a fault in one request must not kill the loop
-                log.exception("generation failed for %s", seq.request_id)
-                self._retire(seq)
-                seq.emit(EngineError(ErrorCode.INTERNAL, f"Generation failed: {type(exc).__name__}"))
-            finally:
-                self._retire(seq)
+                with torch.inference_mode():
+                    self._step()
+            except Exception as exc:  # a fault must fail its requests, not kill the loop
+                log.exception("generation step failed")
+                self._fail_all(EngineError(ErrorCode.INTERNAL, f"Generation failed: {type(exc).__name__}"))
+
+    def _fail_all(self, error: EngineError) -> None:
+        rows = self._batch.rows if self._batch is not None else []
+        self._batch = None
+        for seq in rows:
+            self._retire(seq)
+            seq.emit(error)
 
     def _retire(self, seq: Sequence, *, completed: bool = False) -> None:
         """Forget a sequence. Called before its last message, so stats never lag behind clients."""
         with self._cond:
-            if self._running.pop(seq.request_id, None) is not None and completed:
+            if self._by_id.pop(seq.request_id, None) is not None and completed:
                 self.completed_total += 1
-            self._by_id.pop(seq.request_id, None)
 
-    def _forward(self, ids: list[int], cache: Any, *, all_logits: bool = False) -> torch.Tensor:
-        input_ids = torch.tensor([ids], dtype=torch.long, device=self._device)
-        out = self._model(
-            input_ids=input_ids, use_cache=True, logits_to_keep=0 if all_logits else 1, **{self._cache_kwarg: cache}
+    def _step(self) -> None:
+        self._admit()
+        batch = self._batch
+        if batch is None:
+            return
+        self.steps_total += 1
+        self.last_batch_size = len(batch.rows)
+        keep: list[int] = []
+        now = time.monotonic()
+        for i, seq in enumerate(batch.rows):
+            if seq.cancelled:
+                self._retire(seq)
+                continue
+            if seq.deadline is not None and now > seq.deadline:
+                self._retire(seq)
+                seq.emit(EngineError(ErrorCode.UNAVAILABLE, "The request deadline was exceeded."))
+                continue
+            if self._advance(seq, batch.logits[i]):
+                keep.append(i)
+        if len(keep) < len(batch.rows):
+            self._select(keep)
+        self._preempt_if_over_budget()
+        if self._batch is not None:
+            # Every surviving row feeds the token it just produced.
+            self._decode([seq.generated[-1] for seq in self._batch.rows])
+
+    # -- batch surgery ------------------------------------------------------------------------
+
+    def _layers(self, cache: Any) -> list[Any]:
+        return list(cache.layers)
+
+    def _select(self, keep: list[int]) -> None:
+        batch = self._batch
+        assert batch is not None
+        if not keep:
+            self._batch = None
+            return
+        index = torch.tensor(keep, dtype=torch.long, device=self._device)
+        for layer in self._layers(batch.cache):
+            layer.keys = layer.keys.index_select(0, index)
+            layer.values = layer.values.index_select(0, index)
+        batch.rows = [batch.rows[i] for i in keep]
+        batch.mask = batch.mask.index_select(0, index)
+        batch.lengths = batch.lengths.index_select(0, index)
+        batch.logits = batch.logits.index_select(0, index)
+        # Columns that are padding in every remaining row can go.
+        used = batch.mask.any(dim=0).nonzero()
+        first = int(used[0]) if used.numel() else batch.width
+        if first > 0:
+            for layer in self._layers(batch.cache):
+                layer.keys = layer.keys[:, :, first:]
+                layer.values = layer.values[:, :, first:]
+            batch.mask = batch.mask[:, first:]
+
+    @staticmethod
+    def _pad_left(batch: Batch, extra: int) -> None:
+        if extra <= 0:
+            return
+        for layer in batch.cache.layers:
+            layer.keys = F.pad(layer.keys, (0, 0, extra, 0))
+            layer.values = F.pad(layer.values, (0, 0, extra, 0))
+        batch.mask = F.pad(batch.mask, (extra, 0))
+
+    def _merge(self, new: Batch) -> None:
+        if self._batch is None:
+            self._batch = new
+            return
+        old = self._batch
+        width = max(old.width, new.width)
+        self._pad_left(old, width - old.width)
+        self._pad_left(new, width - new.width)
+        for a, b in zip(self._layers(old.cache), self._layers(new.cache)):
+            a.keys = torch.cat([a.keys, b.keys], dim=0)
+            a.values = torch.cat([a.values, b.values], dim=0)
+        old.rows += new.rows
+        old.mask = torch.cat([old.mask, new.mask], dim=0)
+        old.lengths = torch.cat([old.lengths, new.lengths], dim=0)
+        old.logits = torch.cat([old.logits, new.logits], dim=0)
+
+    def _decode(self, tokens: list[int]) -> None:
+        batch = self._batch
+        assert batch is not None
+        input_ids = torch.tensor(tokens, dtype=torch.long, device=self._device).unsqueeze(1)
+        batch.mask = F.pad(batch.mask, (0, 1), value=1)
+        positions = batch.lengths.unsqueeze(1)
+        batch.logits = self._forward(input_ids, batch.mask, positions, batch.cache)[:, -1]
+        batch.lengths = batch.lengths + 1
+
+    # -- admission and prefill ----------------------------------------------------------------
+
+    def _fits(self, rows: int, width: int) -> bool:
+        return rows * width <= self.limits.kv_cache_tokens
+
+    def _admit(self) -> None:
+        admitted: list[Sequence] = []
+        with self._cond:
+            running = 0 if self._batch is None else len(self._batch.rows)
+            width = 0 if self._batch is None else self._batch.width
+            while self._waiting and running + len(admitted) < self.limits.max_num_seqs:
+                seq = self._waiting[0]
+                needed = max(width, len(seq.context))
+                # The first row always fits: a lone long request must be able to run.
+                if running + len(admitted) > 0 and not self._fits(running + len(admitted) + 1, needed):
+                    break
+                self._waiting.popleft()
+                admitted.append(seq)
+                width = needed
+        if not admitted:
+            return
+        scoring = [s for s in admitted if s.params.prompt_logprobs is not None and not s.generated]
+        plain = [s for s in admitted if s not in scoring]
+        if plain:
+            self._prefill(plain)
+        for seq in scoring:  # these need logits at every prompt position: one at a time
+            self._prefill([seq])
+
+    def _prefill(self, seqs: list[Sequence]) -> None:
+        from transformers import DynamicCache
+
+        contexts = [s.context for s in seqs]
+        width = max(len(c) for c in contexts)
+        input_ids = torch.full((len(seqs), width), self._pad_id, dtype=torch.long, device=self._device)
+        mask = torch.zeros((len(seqs), width), dtype=torch.long, device=self._device)
+        for row, ctx in enumerate(contexts):
+            input_ids[row, width - len(ctx) :] = torch.tensor(ctx, dtype=torch.long)
+            mask[row, width - len(ctx) :] = 1
+        positions = (mask.cumsum(dim=1) - 1).clamp(min=0)
+        cache = DynamicCache()
+        scoring = len(seqs) == 1 and seqs[0].params.prompt_logprobs is not None and not seqs[0].generated
+        logits = self._forward(input_ids, mask, positions, cache, all_logits=scoring)
+        new = Batch(
+            rows=list(seqs),
+            cache=cache,
+            mask=mask,
+            lengths=mask.sum(dim=1),
+            logits=logits[:, -1],
         )
-        return out.logits[0] if all_logits else out.logits[0, -1]
+        for seq in seqs:
+            if seq.text is None:
+                self._start(seq)
+        if scoring:
+            seq = seqs[0]
+            prompt_logprobs = self._prompt_logprobs(seq, logits[0])
+            if seq.budget <= 0:  # scoring only: the prompt's logprobs, no output
+                self._retire(seq, completed=True)
+                seq.emit(GenerationDelta((), "", len(seq.prompt_ids), 0, "length", prompt_logprobs=prompt_logprobs))
+                return
+            seq.prompt_logprobs = prompt_logprobs
+        self._merge(new)
+
+    def _start(self, seq: Sequence) -> None:
+        params = seq.params
+        seq.text = ChoiceText(
+            self._tok,
+            seq.prompt_ids,
+            stop=params.stop,
+            include_stop_str_in_output=params.include_stop_str_in_output,
+            skip_special_tokens=params.skip_special_tokens,
+            stops_active=params.min_tokens == 0,
+        )
+        seq.sampler = SequenceSampler(
+            params,
+            vocab_size=self._vocab_size,
+            prompt_ids=seq.prompt_ids,
+            blocked_until_min=set(params.stop_token_ids) | (set() if params.ignore_eos else set(self._eos)),
+            device=self._device,
+        )
+        seq.constraint = self._grammars.constraint(params.structured) if params.structured else None
+        # Never run past the context window, whatever max_tokens says.
+        seq.budget = min(params.max_tokens, self._max_model_len - len(seq.prompt_ids))
+
+    def _preempt_if_over_budget(self) -> None:
+        """Before a decode step widens the cache: if it would not fit, send the newest rows back."""
+        batch = self._batch
+        while batch is not None and len(batch.rows) > 1 and not self._fits(len(batch.rows), batch.width + 1):
+            victim = batch.rows[-1]
+            self._select(list(range(len(batch.rows) - 1)))
+            batch = self._batch
+            victim.preempted += 1
+            with self._cond:
+                self.preempted_total += 1
+                self._waiting.appendleft(victim)
+
+    # -- one token for one row ----------------------------------------------------------------
 
     def _alternatives(self, logprobs: torch.Tensor, k: int) -> tuple[tuple[int, str, float], ...]:
         return tuple((i, self._tok.decode([i], skip_special_tokens=False), lp) for i, lp in top_logprobs(logprobs, k))
@@ -184,103 +441,65 @@ class GenerationScheduler:
             out.append(TokenLogprob(token, pieces[pos], float(row[token]), self._alternatives(row, k)))
         return tuple(out)
 
-    def _run_sequence(self, seq: Sequence) -> None:
-        from transformers import DynamicCache
-
+    def _advance(self, seq: Sequence, logits: torch.Tensor) -> bool:
+        """Pick, record and emit this row's next token; False when the row is done."""
         params = seq.params
-        prompt_len = len(seq.prompt_ids)
-        text = ChoiceText(
-            self._tok,
-            seq.prompt_ids,
-            stop=params.stop,
-            include_stop_str_in_output=params.include_stop_str_in_output,
-            skip_special_tokens=params.skip_special_tokens,
-            stops_active=params.min_tokens == 0,
+        text, sampler, constraint = seq.text, seq.sampler, seq.constraint
+        assert text is not None and sampler is not None
+        count = len(seq.generated)
+        processed = sampler.process(logits, count, constraint.apply if constraint else None)
+        token = sampler.choose(processed)
+        sampler.observe(token)
+        if constraint is not None:
+            constraint.advance(token)
+        seq.generated.append(token)
+        count += 1
+        if count == params.min_tokens:
+            text.activate_stops()
+
+        logprob = None
+        if params.logprobs is not None:
+            raw = torch.log_softmax(logits.float(), dim=-1)
+            logprob = (float(raw[token]), self._alternatives(raw, params.logprobs))
+
+        finish: str | None = None
+        stop_reason: str | int | None = None
+        if token in params.stop_token_ids:
+            finish, stop_reason = "stop", token
+        elif token in self._eos and not params.ignore_eos:
+            finish = "stop"
+        if finish is None:
+            piece, matched, items = text.push(token, logprob)
+            if matched is not None:
+                finish, stop_reason = "stop", matched
+            elif constraint is not None and constraint.finished:
+                finish = "stop"  # the grammar is complete
+            elif count >= seq.budget:
+                finish = "length"
+        else:
+            piece, items = "", ()
+            if logprob is not None:  # EOS / stop id: no text, but its logprob is reported
+                items = (TokenLogprob(token, "", logprob[0], logprob[1]),)
+        if finish is not None and not isinstance(stop_reason, str):
+            tail, matched, more = text.finish()
+            piece, items = piece + tail, items + more
+            if matched is not None:
+                finish, stop_reason = "stop", matched
+
+        prompt_logprobs = seq.prompt_logprobs if count == 1 else None
+        delta = GenerationDelta(
+            token_ids=(token,),
+            text=piece,
+            prompt_tokens=len(seq.prompt_ids),
+            completion_tokens=count,
+            finish_reason=finish,  # type: ignore[arg-type]
+            stop_reason=stop_reason,
+            logprobs=items,
+            prompt_logprobs=prompt_logprobs,
         )
-        sampler = SequenceSampler(
-            params,
-            vocab_size=self._vocab_size,
-            prompt_ids=seq.prompt_ids,
-            blocked_until_min=set(params.stop_token_ids) | (set() if params.ignore_eos else set(self._eos)),
-            device=self._device,
-        )
-        constraint = self._grammars.constraint(params.structured) if params.structured else None
-        # Never run past the context window, whatever max_tokens says.
-        budget = min(params.max_tokens, self._max_model_len - prompt_len)
-        cache = DynamicCache()
-
-        with torch.inference_mode():
-            if params.prompt_logprobs is not None:
-                all_logits = self._forward(seq.prompt_ids, cache, all_logits=True)
-                prompt_logprobs: tuple[TokenLogprob | None, ...] | None = self._prompt_logprobs(seq, all_logits)
-                logits = all_logits[-1]
-            else:
-                prompt_logprobs = None
-                logits = self._forward(seq.prompt_ids, cache)
-            if budget <= 0:  # scoring only: the prompt's logprobs, no output
-                self._retire(seq, completed=True)
-                seq.emit(GenerationDelta((), "", prompt_len, 0, "length", prompt_logprobs=prompt_logprobs))
-                return
-            while True:
-                if seq.cancelled:
-                    return
-                if seq.deadline is not None and time.monotonic() > seq.deadline:
-                    self._retire(seq)
-                    seq.emit(EngineError(ErrorCode.UNAVAILABLE, "The request deadline was exceeded."))
-                    return
-                count = len(seq.generated)
-                processed = sampler.process(logits, count, constraint.apply if constraint else None)
-                token = sampler.choose(processed)
-                sampler.observe(token)
-                if constraint is not None:
-                    constraint.advance(token)
-                seq.generated.append(token)
-                count += 1
-                if count == params.min_tokens:
-                    text.activate_stops()
-
-                logprob = None
-                if params.logprobs is not None:
-                    raw = torch.log_softmax(logits.float(), dim=-1)
-                    logprob = (float(raw[token]), self._alternatives(raw, params.logprobs))
-
-                finish: str | None = None
-                stop_reason: str | int | None = None
-                if token in params.stop_token_ids:
-                    finish, stop_reason = "stop", token
-                elif token in self._eos and not params.ignore_eos:
-                    finish, stop_reason = "stop", None
-                if finish is None:
-                    piece, matched, items = text.push(token, logprob)
-                    if matched is not None:
-                        finish, stop_reason = "stop", matched
-                    elif constraint is not None and constraint.finished:
-                        finish = "stop"  # the grammar is complete
-                    elif count >= budget:
-                        finish = "length"
-                else:
-                    piece, items = "", ()
-                    if logprob is not None:  # EOS / stop id: no text, but its logprob is reported
-                        items = (TokenLogprob(token, "", logprob[0], logprob[1]),)
-                if finish is not None and not isinstance(stop_reason, str):
-                    tail, matched, more = text.finish()
-                    piece, items = piece + tail, items + more
-                    if matched is not None:
-                        finish, stop_reason = "stop", matched
-
-                delta = GenerationDelta(
-                    token_ids=(token,),
-                    text=piece,
-                    prompt_tokens=prompt_len,
-                    completion_tokens=count,
-                    finish_reason=finish,  # type: ignore[arg-type]
-                    stop_reason=stop_reason,
-                    logprobs=items,
-                    prompt_logprobs=prompt_logprobs if count == 1 else None,
-                )
-                if finish is not None:
-                    self._retire(seq, completed=True)
-                    seq.emit(delta)
-                    return
-                seq.emit(delta)
-                logits = self._forward([token], cache)
+        if finish is not None:
+            self._retire(seq, completed=True)
+            seq.emit(delta)
+            return False
+        seq.emit(delta)
+        return True
