@@ -174,7 +174,7 @@ def create_app(settings: Settings, engine: Engine) -> FastAPI:
         """Ready to take more work: healthy, and its waiting queue is not full."""
         ok = await engine.check_health()
         saturated = bool(engine.stats().get("saturated"))
-        body = {"ready": ok and not saturated, "saturated": saturated, **engine.stats()}
+        body = {**engine.stats(), "ready": ok and not saturated, "saturated": saturated}
         return JSONResponse(body, status_code=200 if body["ready"] else 503, headers={} if body["ready"] else {"Retry-After": "1"})
 
     return app
