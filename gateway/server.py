@@ -65,6 +65,8 @@ def build_engine(settings: Settings) -> Engine:
             max_num_seqs=settings.max_num_seqs,
             max_waiting=settings.max_waiting,
             kv_cache_memory_gb=settings.kv_cache_memory_gb,
+            encoder_batch_wait_ms=settings.encoder_batch_wait_ms,
+            encoder_max_batch=settings.encoder_max_batch,
         )
     except (ModelNotFoundError, ValueError, OSError) as exc:
         raise StartupError(str(exc)) from None

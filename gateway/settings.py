@@ -62,6 +62,8 @@ class Settings:
     max_num_seqs: int = field(default=32, **_flag("Most sequences the transformers engine decodes together in one batch."))
     max_waiting: int = field(default=256, **_flag("Most requests waiting for a batch slot; beyond it new requests get 429."))
     kv_cache_memory_gb: float = field(default=4.0, **_flag("KV-cache memory bound of the transformers engine, in GiB; rows beyond it wait or are preempted."))
+    encoder_batch_wait_ms: float = field(default=5.0, **_flag("Milliseconds concurrent embedding requests are gathered into one forward pass; 0 turns micro-batching off."))
+    encoder_max_batch: int = field(default=64, **_flag("Most inputs in one encoder forward pass."))
     # -- OpenAI surface ----------------------------------------------------------------------
     default_temperature: float | None = field(default=None, **_flag("Server default temperature when a request sends none (OpenAI default: 1.0)."))
     default_top_p: float | None = field(default=None, **_flag("Server default top_p (OpenAI default: 1.0)."))

@@ -111,3 +111,28 @@ async def test_wrong_model_kind_is_a_400(minilm_client, client):
     with pytest.raises(openai.BadRequestError) as exc:
         await client.embeddings.create(model="tiny", input="hi")
     assert exc.value.code == "unsupported_model" and "does not serve embeddings" in exc.value.message
+
+
+async def test_concurrent_requests_are_micro_batched_and_equal_singles(minilm_engine, minilm_client):
+    import asyncio
+
+    sentences = [f"Sentence number {i} is about {'cats' if i % 2 else 'the stock market and interest rates'}." for i in range(24)]
+    singles = []
+    for s in sentences:  # one at a time: each is its own forward pass
+        singles.append((await minilm_client.embeddings.create(model="minilm", input=s, encoding_format="float")).data[0].embedding)
+    before = minilm_engine.stats()["batches_total"]
+    together = await asyncio.gather(*(minilm_client.embeddings.create(model="minilm", input=s, encoding_format="float") for s in sentences))
+    batches = minilm_engine.stats()["batches_total"] - before
+    assert batches < len(sentences) / 4, "concurrent requests were not gathered"
+    for one, many in zip(singles, together):
+        assert close(many.data[0].embedding, one, 1e-6)
+
+
+def test_length_groups_bound_padding():
+    from engines.microbatch import length_groups
+
+    lengths = [5, 40, 6, 41, 7, 100, 8]
+    groups = length_groups(lengths, max_size=3)
+    assert sorted(i for g in groups for i in g) == list(range(len(lengths)))
+    for g in groups:
+        assert len(g) <= 3 and max(lengths[i] for i in g) <= 1.25 * min(lengths[i] for i in g) + 8

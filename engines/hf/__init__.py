@@ -15,11 +15,16 @@ def load_engine(
     max_num_seqs: int = 32,
     max_waiting: int = 256,
     kv_cache_memory_gb: float = 4.0,
+    encoder_batch_wait_ms: float = 5.0,
+    encoder_max_batch: int = 64,
 ) -> HFEngine | HFEncoderEngine:
     """Load the model and wrap it in the engine its task needs (blocking: seconds)."""
     loaded = load_model(spec)
     if loaded.task is not Task.text_generation:
-        return HFEncoderEngine(loaded, served_name=served_name)
+        return HFEncoderEngine(
+            loaded, served_name=served_name, batch_wait_ms=encoder_batch_wait_ms, max_batch=encoder_max_batch,
+            max_waiting=max(max_waiting, encoder_max_batch) * 16,
+        )
     engine = HFEngine(loaded, served_name=served_name)
     engine.limits.max_num_seqs = max_num_seqs
     engine.limits.max_waiting = max_waiting

@@ -2,12 +2,12 @@
 
 Pooling follows the model's sentence-transformers configuration (mean, CLS, max or last token,
 then L2 normalisation when the model has a Normalize module), mean + normalise otherwise.
-Forward passes run on one worker thread; padding only ever sees its own batch.
+Concurrent requests are micro-batched (gathered for a few milliseconds, grouped by length) and
+forward passes run on one worker thread.
 """
 
 from __future__ import annotations
 
-import asyncio
 from collections.abc import AsyncIterator, Sequence
 from concurrent.futures import ThreadPoolExecutor
 
@@ -15,10 +15,9 @@ import torch
 
 from engines.errors import EngineError, ErrorCode
 from engines.loader import LoadedModel, Pooling
+from engines.microbatch import MicroBatcher
 from engines.tokenizer import Tokenizer
 from engines.types import Capabilities, EmbeddingResult, GenerationDelta, GenerationParams, RequestContext
-
-_MAX_BATCH = 32
 
 
 def pool(hidden: torch.Tensor, mask: torch.Tensor, pooling: Pooling) -> torch.Tensor:
@@ -40,7 +39,9 @@ def pool(hidden: torch.Tensor, mask: torch.Tensor, pooling: Pooling) -> torch.Te
 
 
 class HFEncoderEngine:
-    def __init__(self, loaded: LoadedModel, *, served_name: str) -> None:
+    def __init__(
+        self, loaded: LoadedModel, *, served_name: str, batch_wait_ms: float = 5.0, max_batch: int = 64, max_waiting: int = 4096
+    ) -> None:
         self._loaded = loaded
         self._model = loaded.model
         self._pooling = loaded.pooling or Pooling()
@@ -61,6 +62,9 @@ class HFEncoderEngine:
         )
         self._executor: ThreadPoolExecutor | None = None
         self._embedded_total = 0
+        self.batcher: MicroBatcher[list[float]] = MicroBatcher(
+            self._forward, lambda: self._executor, wait_s=batch_wait_ms / 1000, max_batch=max_batch, max_waiting=max_waiting
+        )
 
     @property
     def capabilities(self) -> Capabilities:
@@ -83,7 +87,15 @@ class HFEncoderEngine:
         return self._executor is not None
 
     def stats(self) -> dict[str, int]:
-        return {"running": 0, "waiting": 0, "aborted_total": 0, "completed_total": self._embedded_total}
+        waiting = self.batcher.waiting
+        return {
+            "running": 0,
+            "waiting": waiting,
+            "aborted_total": 0,
+            "completed_total": self._embedded_total,
+            "batches_total": self.batcher.batches_total,
+            "saturated": int(waiting >= self.batcher.max_waiting),
+        }
 
     async def abort(self, request_id: str) -> None:
         return None  # embedding batches are short and not interruptible
@@ -115,16 +127,9 @@ class HFEncoderEngine:
             if any(not 0 <= t < vocab for t in ids):
                 raise EngineError(ErrorCode.INVALID_REQUEST, "An input token id is out of vocabulary.", param="input",
                                   reason="invalid_token_id")
-        if self._executor is None:
-            raise EngineError(ErrorCode.UNAVAILABLE, "The engine is not running.")
-        loop = asyncio.get_running_loop()
-        results: list[EmbeddingResult] = []
-        for start in range(0, len(inputs), _MAX_BATCH):
-            batch = [list(x) for x in inputs[start : start + _MAX_BATCH]]
-            vectors = await loop.run_in_executor(self._executor, self._forward, batch)
-            results += [EmbeddingResult(tuple(v), len(ids)) for v, ids in zip(vectors, batch)]
+        vectors = await self.batcher.submit(inputs)
         self._embedded_total += len(inputs)
-        return results
+        return [EmbeddingResult(tuple(v), len(ids)) for v, ids in zip(vectors, inputs)]
 
     def _forward(self, batch: list[list[int]]) -> list[list[float]]:
         width = max(len(ids) for ids in batch)
