@@ -146,6 +146,33 @@ def static_batch(dtype_name: str, batch: int, args: argparse.Namespace) -> tuple
     return batch * args.output_len / (time.perf_counter() - start), params
 
 
+def engine_embeddings(wait_ms: float, n: int = 640, concurrency: int = 32) -> float:
+    """Inputs/s of the encoder engine itself (no HTTP), single-sentence requests."""
+    from engines import RequestContext
+    from engines.hf import load_engine
+    from engines.loader import ModelSpec
+
+    engine = load_engine(ModelSpec(model_dir=minilm_dir()), served_name="m", encoder_batch_wait_ms=wait_ms)
+
+    async def run() -> float:
+        await engine.start()
+        ids = [engine.tokenizer.encode(f"Sentence {i}: the quick brown fox jumps over the lazy dog.") for i in range(n)]
+        gate = asyncio.Semaphore(concurrency)
+
+        async def one(x: list[int]) -> None:
+            async with gate:
+                await engine.embed([x], RequestContext("bench"))
+
+        await one(ids[0])
+        start = time.perf_counter()
+        await asyncio.gather(*(one(x) for x in ids))
+        elapsed = time.perf_counter() - start
+        await engine.stop()
+        return n / elapsed
+
+    return asyncio.run(run())
+
+
 # -- --compare ----------------------------------------------------------------------------------
 
 
@@ -188,6 +215,12 @@ def compare(args: argparse.Namespace) -> None:
         with server(["--model_dir", minilm_dir(), "--encoder_batch_wait_ms", wait]) as base:
             rows += asyncio.run(run_sweep(base, sweep, label))
 
+    for label, wait in (("embeddings engine only, micro-batching off", 0.0), ("embeddings engine only, micro-batching on", 5.0)):
+        rate = engine_embeddings(wait)
+        row = {"label": label, "endpoint": "embed()", "concurrency": 32, "inputs_per_s": rate}
+        print(json.dumps(row), flush=True)
+        rows.append(row)
+
     for row in rows:
         if row.get("dtype") and params:
             row["roofline_fraction"] = row["output_throughput"] * 2 * params / (peaks[row["dtype"]] * 1e9)
@@ -214,7 +247,7 @@ def markdown(rows: list[dict[str, Any]], peaks: dict[str, float], params: int, a
         "| --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: |",
     ]
     for r in rows:
-        if r["endpoint"] == "embeddings":
+        if r["endpoint"] in ("embeddings", "embed()"):
             continue
         cells = [r["label"], str(r["concurrency"]), f"{r['output_throughput']:.1f}"]
         if "median_ttft_ms" in r:
@@ -229,6 +262,8 @@ def markdown(rows: list[dict[str, Any]], peaks: dict[str, float], params: int, a
     for r in rows:
         if r["endpoint"] == "embeddings":
             lines.append(f"| {r['label']} | {r['concurrency']} | {r['inputs_per_s']:.1f} | {r['median_e2el_ms']:.0f} | {r['p99_e2el_ms']:.0f} |")
+        elif r["endpoint"] == "embed()":
+            lines.append(f"| {r['label']} | {r['concurrency']} | {r['inputs_per_s']:.1f} | | |")
 
     ratios = []
 
@@ -246,6 +281,8 @@ def markdown(rows: list[dict[str, Any]], peaks: dict[str, float], params: int, a
         ratio(f"bf16 / fp32, concurrency {c}", _find(rows, "batched, bf16", c), _find(rows, "batched, fp32", c))
     ratio("embeddings: micro-batching on / off, concurrency 32", _find(rows, "embeddings, micro-batching on", 32),
           _find(rows, "embeddings, micro-batching off", 32), "inputs_per_s")
+    ratio("embeddings engine only: micro-batching on / off", _find(rows, "embeddings engine only, micro-batching on", 32),
+          _find(rows, "embeddings engine only, micro-batching off", 32), "inputs_per_s")
     lines += ["", "| ratio (same run) | value |", "| --- | ---: |", *ratios, ""]
     return "\n".join(lines)
 
@@ -270,7 +307,7 @@ def plot(rows: list[dict[str, Any]], path: Path) -> None:
         if r["endpoint"] == "generate()":
             ax1.scatter([r["concurrency"]], [r["output_throughput"]], marker="x", color="black")
     ax1.set(xlabel="concurrent streams", ylabel="output tokens/s", title="Throughput (x: ideal static batch)")
-    ax2.set(xlabel="concurrent streams", ylabel="median TTFT (ms)", title="Time to first token")
+    ax2.set(xlabel="concurrent streams", ylabel="median TTFT (ms, log scale)", title="Time to first token", yscale="log")
     ax1.legend(fontsize=8)
     ax1.grid(alpha=0.3)
     ax2.grid(alpha=0.3)
@@ -294,7 +331,12 @@ def main() -> None:
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--compare", action="store_true", help="start the standard configurations and compare them")
     ap.add_argument("--out-dir", default="bench-results")
+    ap.add_argument("--replot", action="store_true", help="only redraw the plot from OUT_DIR/results.jsonl")
     args = ap.parse_args()
+    if args.replot:
+        rows = [json.loads(line) for line in open(Path(args.out_dir) / "results.jsonl")]
+        plot(rows, Path(args.out_dir) / "throughput_ttft.png")
+        return
     with contextlib.suppress(ImportError):
         import uvloop
 

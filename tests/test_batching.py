@@ -150,3 +150,20 @@ async def test_http_429_with_retry_after_and_readiness(small_engine):
         assert (await http.get("/ready")).status_code == 200
         r = await http.post("/openai/v1/completions", json={"prompt": "x", "max_tokens": 2})
         assert r.status_code == 200
+
+
+async def test_a_faulty_row_fails_alone(tiny_engine):
+    """A request whose processing breaks mid-batch gets an error; its neighbours are untouched."""
+    from engines.types import StructuredOutput
+
+    expected = [await run(tiny_engine, p, max_tokens=20, temperature=0) for p in PROMPTS[:2]]
+    # The grammar allows nothing but EOS, and min_tokens forbids EOS: no token is possible.
+    impossible = GenerationParams(max_tokens=20, min_tokens=5, structured=StructuredOutput("regex", ""))
+
+    async def faulty():
+        return [d async for d in tiny_engine.generate(PROMPTS[0], impossible, RequestContext("bad-" + uuid.uuid4().hex))]
+
+    results = await asyncio.gather(faulty(), *(run(tiny_engine, p, max_tokens=20, temperature=0) for p in PROMPTS[:2]), return_exceptions=True)
+    assert isinstance(results[0], EngineError) and results[0].code is ErrorCode.INTERNAL
+    assert list(results[1:]) == expected
+    assert tiny_engine.stats()["running"] == 0

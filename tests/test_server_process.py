@@ -165,3 +165,15 @@ def test_embeddings_server_with_the_sdk_defaults(minilm_server):
     assert sum(x * y for x, y in zip(a, b)) > sum(x * y for x, y in zip(a, c))
     (model,) = client.models.list().data
     assert model.id == "minilm" and model.model_extra["max_model_len"] == 256
+
+
+def test_bfloat16_serves_the_same_answers():
+    proc, base = serve("--dtype", "bfloat16")
+    try:
+        client = openai.OpenAI(base_url=f"{base}/openai/v1", api_key="x", max_retries=0)
+        assert client.models.list().data[0].model_extra["dtype"] == "bfloat16"
+        r = client.chat.completions.create(model="model", messages=QUESTION, temperature=0, max_tokens=30)
+        assert "Paris" in r.choices[0].message.content and r.choices[0].finish_reason == "stop"
+    finally:
+        proc.terminate()
+        proc.wait(15)

@@ -219,7 +219,14 @@ class GenerationScheduler:
                 while not self._waiting and self._batch is None and not self._stopping:
                     self._cond.wait()
                 if self._stopping:
-                    return
+                    stranded, self._waiting = list(self._waiting), deque()
+            if self._stopping:  # nobody may wait forever on a stopped engine
+                error = EngineError(ErrorCode.UNAVAILABLE, "The engine is shutting down.")
+                self._fail_all(error)
+                for seq in stranded:
+                    self._retire(seq)
+                    seq.emit(error)
+                return
             try:
                 with torch.inference_mode():
                     self._step()
@@ -257,7 +264,14 @@ class GenerationScheduler:
                 self._retire(seq)
                 seq.emit(EngineError(ErrorCode.UNAVAILABLE, "The request deadline was exceeded."))
                 continue
-            if self._advance(seq, batch.logits[i]):
+            try:
+                alive = self._advance(seq, batch.logits[i])
+            except Exception as exc:  # one row's fault (a constraint, a processor) is its own
+                log.exception("request %s failed", seq.request_id)
+                self._retire(seq)
+                seq.emit(EngineError(ErrorCode.INTERNAL, f"Generation failed: {type(exc).__name__}"))
+                continue
+            if alive:
                 keep.append(i)
         if len(keep) < len(batch.rows):
             self._select(keep)
@@ -347,6 +361,15 @@ class GenerationScheduler:
                 self._waiting.popleft()
                 admitted.append(seq)
                 width = needed
+        for seq in list(admitted):
+            if seq.text is not None:
+                continue  # a preempted row coming back keeps its state
+            try:
+                self._start(seq)
+            except Exception as exc:
+                admitted.remove(seq)
+                self._retire(seq)
+                seq.emit(exc if isinstance(exc, EngineError) else EngineError(ErrorCode.INTERNAL, f"Could not start: {type(exc).__name__}"))
         if not admitted:
             return
         scoring = [s for s in admitted if s.params.prompt_logprobs is not None and not s.generated]
@@ -377,9 +400,6 @@ class GenerationScheduler:
             lengths=mask.sum(dim=1),
             logits=logits[:, -1],
         )
-        for seq in seqs:
-            if seq.text is None:
-                self._start(seq)
         if scoring:
             seq = seqs[0]
             prompt_logprobs = self._prompt_logprobs(seq, logits[0])
