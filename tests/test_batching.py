@@ -1,6 +1,7 @@
 """Continuous batching invariants: rows share a batch but behave as if each were alone."""
 
 import asyncio
+import contextlib
 import uuid
 
 import pytest
@@ -80,26 +81,33 @@ def small_engine(tiny_dir):
     asyncio.run(engine.stop())
 
 
-async def test_full_queue_is_refused_then_recovers(small_engine):
+@contextlib.asynccontextmanager
+async def saturated(engine, rows=2, queued=2):
+    """Long requests that fill the batch and then the queue; aborted on the way out."""
     long = GenerationParams(max_tokens=2000, ignore_eos=True)
     streams, firsts = [], []
-    for i in range(4):  # two fill the batch, two fill the queue
-        stream = small_engine.generate(PROMPTS[3], long, RequestContext(f"q{i}-{uuid.uuid4().hex}"))
-        streams.append(stream)
-        firsts.append(asyncio.ensure_future(anext(stream)))
-        await asyncio.sleep(0.1)
     try:
+        for i in range(rows + queued):
+            stream = engine.generate(PROMPTS[3], long, RequestContext(f"fill{i}-{uuid.uuid4().hex}"))
+            streams.append(stream)
+            firsts.append(asyncio.ensure_future(anext(stream)))
+            await asyncio.sleep(0.1)  # let the scheduler admit it before the next one comes
+        yield
+    finally:
+        for f in firsts:
+            f.cancel()
+        await asyncio.gather(*firsts, return_exceptions=True)
+        for stream in streams:
+            await stream.aclose()
+
+
+async def test_full_queue_is_refused_then_recovers(small_engine):
+    async with saturated(small_engine):
         assert (small_engine.stats()["running"], small_engine.stats()["waiting"]) == (2, 2)
         assert small_engine.stats()["saturated"] == 1
         with pytest.raises(EngineError) as exc:
             await run(small_engine, PROMPTS[1], max_tokens=2)
         assert exc.value.code is ErrorCode.OVERLOADED
-    finally:
-        for f in firsts:
-            f.cancel()
-        await asyncio.gather(*firsts, return_exceptions=True)
-        for s in streams:
-            await s.aclose()
     await asyncio.sleep(0.2)
     assert small_engine.stats()["running"] == 0 and small_engine.stats()["waiting"] == 0
     text, ids, finish = await run(small_engine, PROMPTS[1], max_tokens=2)
@@ -124,14 +132,7 @@ async def test_http_429_with_retry_after_and_readiness(small_engine):
     app = make_app(small_engine)
     async with httpx.AsyncClient(transport=httpx.ASGITransport(app=app), base_url="http://t") as http:
         assert (await http.get("/ready")).status_code == 200
-        long = GenerationParams(max_tokens=2000, ignore_eos=True)
-        streams, firsts = [], []
-        for i in range(4):
-            stream = small_engine.generate(PROMPTS[3], long, RequestContext(f"h{i}-{uuid.uuid4().hex}"))
-            streams.append(stream)
-            firsts.append(asyncio.ensure_future(anext(stream)))
-            await asyncio.sleep(0.1)
-        try:
+        async with saturated(small_engine):
             for stream_flag in (False, True):
                 r = await http.post("/openai/v1/completions", json={"prompt": "x", "max_tokens": 2, "stream": stream_flag})
                 assert r.status_code == 429 and r.headers["retry-after"] == "1"
@@ -140,12 +141,6 @@ async def test_http_429_with_retry_after_and_readiness(small_engine):
             assert ready.status_code == 503 and ready.json()["saturated"] is True
             assert (await http.get("/openai/v1/models")).status_code == 200  # still responsive
             assert (await http.get("/health")).status_code == 200
-        finally:
-            for f in firsts:
-                f.cancel()
-            await asyncio.gather(*firsts, return_exceptions=True)
-            for s in streams:
-                await s.aclose()
         await asyncio.sleep(0.2)
         assert (await http.get("/ready")).status_code == 200
         r = await http.post("/openai/v1/completions", json={"prompt": "x", "max_tokens": 2})

@@ -16,8 +16,8 @@ import torch
 from engines.errors import EngineError, ErrorCode
 from engines.loader import LoadedModel, Pooling
 from engines.microbatch import MicroBatcher
-from engines.tokenizer import Tokenizer
-from engines.types import Capabilities, EmbeddingResult, GenerationDelta, GenerationParams, RequestContext
+from engines.hf.base import LoadedEngine
+from engines.types import EmbeddingResult, GenerationDelta, GenerationParams, RequestContext
 
 
 def pool(hidden: torch.Tensor, mask: torch.Tensor, pooling: Pooling) -> torch.Tensor:
@@ -38,41 +38,26 @@ def pool(hidden: torch.Tensor, mask: torch.Tensor, pooling: Pooling) -> torch.Te
     return out
 
 
-class HFEncoderEngine:
+class HFEncoderEngine(LoadedEngine):
     def __init__(
         self, loaded: LoadedModel, *, served_name: str, batch_wait_ms: float = 5.0, max_batch: int = 64, max_waiting: int = 4096
     ) -> None:
-        self._loaded = loaded
+        pooling = loaded.pooling or Pooling()
+        dimensions = int(getattr(loaded.config, "hidden_size", 0) or 0)
+        super().__init__(
+            loaded,
+            served_name=served_name,
+            extra={"pooling": pooling.mode, "normalize": pooling.normalize, "dimensions": dimensions},
+        )
         self._model = loaded.model
-        self._pooling = loaded.pooling or Pooling()
-        self._tokenizer = Tokenizer(loaded.hf_tokenizer)
+        self._pooling = pooling
         pad = loaded.hf_tokenizer.pad_token_id
         self._pad_id = 0 if pad is None else int(pad)
-        self._capabilities = Capabilities(
-            model_name=served_name,
-            root=loaded.root,
-            tasks=frozenset({loaded.task}),
-            max_model_len=loaded.max_model_len,
-            engine="transformers",
-            dtype=str(loaded.dtype).removeprefix("torch."),
-            vocab_size=max(self._tokenizer.vocab_size, int(getattr(loaded.config, "vocab_size", 0) or 0)),
-            has_chat_template=False,
-            extra={"pooling": self._pooling.mode, "normalize": self._pooling.normalize,
-                   "dimensions": int(getattr(loaded.config, "hidden_size", 0) or 0)},
-        )
         self._executor: ThreadPoolExecutor | None = None
         self._embedded_total = 0
         self.batcher: MicroBatcher[list[float]] = MicroBatcher(
             self._forward, lambda: self._executor, wait_s=batch_wait_ms / 1000, max_batch=max_batch, max_waiting=max_waiting
         )
-
-    @property
-    def capabilities(self) -> Capabilities:
-        return self._capabilities
-
-    @property
-    def tokenizer(self) -> Tokenizer:
-        return self._tokenizer
 
     async def start(self) -> None:
         if self._executor is None:

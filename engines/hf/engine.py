@@ -9,12 +9,12 @@ import torch
 from collections.abc import AsyncIterator, Sequence
 
 from engines.errors import EngineError, ErrorCode
+from engines.hf.base import LoadedEngine
 from engines.hf.scheduler import GenerationScheduler, SchedulerLimits
 from engines.hf.scheduler import Sequence as SchedSequence
 from engines.loader import LoadedModel, ModelSpec, load_model
 from engines.structured import GrammarCompiler
-from engines.tokenizer import Tokenizer
-from engines.types import Capabilities, EmbeddingResult, GenerationDelta, GenerationParams, RequestContext
+from engines.types import EmbeddingResult, GenerationDelta, GenerationParams, RequestContext
 
 log = logging.getLogger(__name__)
 
@@ -29,20 +29,9 @@ def context_length_message(max_model_len: int, prompt_tokens: int, max_tokens: i
     )
 
 
-class HFEngine:
+class HFEngine(LoadedEngine):
     def __init__(self, loaded: LoadedModel, *, served_name: str, limits: SchedulerLimits | None = None) -> None:
-        self._loaded = loaded
-        self._tokenizer = Tokenizer(loaded.hf_tokenizer, eos_token_ids=loaded.eos_token_ids)
-        self._capabilities = Capabilities(
-            model_name=served_name,
-            root=loaded.root,
-            tasks=frozenset({loaded.task}),
-            max_model_len=loaded.max_model_len,
-            engine="transformers",
-            dtype=str(loaded.dtype).removeprefix("torch."),
-            vocab_size=max(self._tokenizer.vocab_size, int(getattr(loaded.config, "vocab_size", 0) or 0)),
-            has_chat_template=self._tokenizer.chat_template is not None,
-        )
+        super().__init__(loaded, served_name=served_name)
         # Logits have the model's vocabulary size, which may exceed the tokenizer's.
         logits_vocab = int(getattr(loaded.model.config, "vocab_size", 0) or self._tokenizer.vocab_size)
         self._grammars = GrammarCompiler(loaded.hf_tokenizer, logits_vocab)
@@ -70,14 +59,6 @@ class HFEngine:
         return cls(load_model(spec), served_name=served_name, limits=limits)
 
     # -- protocol -----------------------------------------------------------------------------
-
-    @property
-    def capabilities(self) -> Capabilities:
-        return self._capabilities
-
-    @property
-    def tokenizer(self) -> Tokenizer:
-        return self._tokenizer
 
     async def start(self) -> None:
         if not self._scheduler.alive:

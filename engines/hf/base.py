@@ -1,0 +1,36 @@
+"""What both transformers engines share: their tokenizer and capabilities, built from a load."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from engines.loader import LoadedModel
+from engines.tokenizer import Tokenizer
+from engines.types import Capabilities
+
+
+class LoadedEngine:
+    """Holds the loaded model, its `Tokenizer` view and the `Capabilities` it reports."""
+
+    def __init__(self, loaded: LoadedModel, *, served_name: str, extra: dict[str, Any] | None = None) -> None:
+        self._loaded = loaded
+        self._tokenizer = Tokenizer(loaded.hf_tokenizer, eos_token_ids=loaded.eos_token_ids)
+        self._capabilities = Capabilities(
+            model_name=served_name,
+            root=loaded.root,
+            tasks=frozenset({loaded.task}),
+            max_model_len=loaded.max_model_len,
+            engine="transformers",
+            dtype=str(loaded.dtype).removeprefix("torch."),
+            vocab_size=max(self._tokenizer.vocab_size, int(getattr(loaded.config, "vocab_size", 0) or 0)),
+            has_chat_template=self._tokenizer.chat_template is not None,
+            extra=dict(extra or {}),
+        )
+
+    @property
+    def capabilities(self) -> Capabilities:
+        return self._capabilities
+
+    @property
+    def tokenizer(self) -> Tokenizer:
+        return self._tokenizer
