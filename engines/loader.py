@@ -344,7 +344,15 @@ def resolve_task(requested: str | None, config: Any, *, sentence_transformer: bo
 
 def load_model(spec: ModelSpec) -> LoadedModel:
     """Resolve, then load tokenizer and weights for the model's task. Heavy: call off the loop."""
-    from transformers import AutoConfig, AutoModel, AutoModelForCausalLM, AutoTokenizer
+    from transformers import (
+        AutoConfig,
+        AutoModel,
+        AutoModelForCausalLM,
+        AutoModelForMaskedLM,
+        AutoModelForSequenceClassification,
+        AutoModelForTokenClassification,
+        AutoTokenizer,
+    )
 
     source = resolve_source(spec)
     common = {"trust_remote_code": spec.trust_remote_code}
@@ -367,7 +375,13 @@ def load_model(spec: ModelSpec) -> LoadedModel:
         tokenizer.padding_side = "left"  # decoder-only: pad on the left when batching
         if tokenizer.pad_token is None and tokenizer.eos_token is not None:
             tokenizer.pad_token = tokenizer.eos_token
-    model_class = AutoModelForCausalLM if generative else AutoModel
+    model_class = {
+        Task.text_generation: AutoModelForCausalLM,
+        Task.text_embedding: AutoModel,
+        Task.fill_mask: AutoModelForMaskedLM,
+        Task.sequence_classification: AutoModelForSequenceClassification,
+        Task.token_classification: AutoModelForTokenClassification,
+    }[task]
     model = model_class.from_pretrained(source.location, revision=source.revision, dtype=dtype, **common)
     model.to(device).eval()
 
@@ -390,5 +404,5 @@ def load_model(spec: ModelSpec) -> LoadedModel:
         max_model_len=max_model_len,
         root=source.root,
         eos_token_ids=tuple(sorted(eos)),
-        pooling=None if generative else read_pooling(source.location),
+        pooling=read_pooling(source.location) if task is Task.text_embedding else None,
     )

@@ -6,7 +6,16 @@ from collections.abc import AsyncIterator, Sequence
 from typing import Protocol, runtime_checkable
 
 from engines.tokenizer import Tokenizer
-from engines.types import Capabilities, EmbeddingResult, GenerationDelta, GenerationParams, RequestContext
+from engines.types import (
+    Capabilities,
+    ClassificationResult,
+    EmbeddingResult,
+    FillMaskResult,
+    GenerationDelta,
+    GenerationParams,
+    RequestContext,
+    TokenClassificationResult,
+)
 
 
 @runtime_checkable
@@ -37,7 +46,22 @@ class Engine(Protocol):
         ...
 
     async def embed(self, inputs: Sequence[Sequence[int]], ctx: RequestContext) -> list[EmbeddingResult]:
-        """One pooled embedding per input (token ids), in order. UNSUPPORTED on generative models."""
+        """One pooled embedding per input (token ids), in order.
+
+        Every per-task method raises EngineError(UNSUPPORTED, reason="unsupported_model") on a
+        model loaded for another task."""
+        ...
+
+    async def classify(self, inputs: Sequence[Sequence[int]], ctx: RequestContext) -> list[ClassificationResult]:
+        """Class logits per input (sequence classification models)."""
+        ...
+
+    async def classify_tokens(self, inputs: Sequence[Sequence[int]], ctx: RequestContext) -> list[TokenClassificationResult]:
+        """Class logits per token per input (token classification models)."""
+        ...
+
+    async def fill_mask(self, inputs: Sequence[Sequence[int]], ctx: RequestContext) -> list[FillMaskResult]:
+        """Vocabulary logits at each mask position per input (masked-LM models)."""
         ...
 
     async def abort(self, request_id: str) -> None:

@@ -34,8 +34,19 @@ ARCHITECTURE_SUFFIXES: tuple[tuple[str, Task], ...] = (
     ("ForPrediction", Task.time_series_forecast),
 )
 
-# Tasks this build serves. The other encoder tasks and text2text arrive with the KServe face.
-SUPPORTED_TASKS: frozenset[Task] = frozenset({Task.text_generation, Task.text_embedding})
+# Tasks this build serves (text2text arrives with the KServe face).
+SUPPORTED_TASKS: frozenset[Task] = frozenset(
+    {
+        Task.text_generation,
+        Task.text_embedding,
+        Task.fill_mask,
+        Task.sequence_classification,
+        Task.token_classification,
+    }
+)
+ENCODER_TASKS: frozenset[Task] = frozenset(
+    {Task.text_embedding, Task.fill_mask, Task.sequence_classification, Task.token_classification}
+)
 
 
 def parse_task(name: str) -> Task:

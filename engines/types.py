@@ -90,6 +90,34 @@ class EmbeddingResult:
 
 
 @dataclass(frozen=True)
+class ClassificationResult:
+    """Raw class logits for one input (`labels[i]` names logit i)."""
+
+    logits: tuple[float, ...]
+    labels: tuple[str, ...]
+    prompt_tokens: int
+
+
+@dataclass(frozen=True)
+class TokenClassificationResult:
+    """Raw class logits for every token of one input, special tokens included."""
+
+    logits: tuple[tuple[float, ...], ...]
+    labels: tuple[str, ...]
+    token_ids: tuple[int, ...]
+    prompt_tokens: int
+
+
+@dataclass(frozen=True)
+class FillMaskResult:
+    """For each mask token of one input, in order: its position and the logits over the vocabulary."""
+
+    positions: tuple[int, ...]
+    logits: tuple[tuple[float, ...], ...]
+    prompt_tokens: int
+
+
+@dataclass(frozen=True)
 class RequestContext:
     request_id: str
     deadline: float | None = None  # time.monotonic() value after which the request is aborted

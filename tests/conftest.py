@@ -162,3 +162,50 @@ def minilm_client(minilm_engine) -> openai.AsyncOpenAI:
     app = make_app(minilm_engine, disable_log_requests=True)
     http = httpx.AsyncClient(transport=httpx.ASGITransport(app=app), base_url="http://test")
     return openai.AsyncOpenAI(base_url="http://test/openai/v1", api_key="x", http_client=http, max_retries=0)
+
+
+ENCODER_HEADS = {
+    "fill_mask": "BertForMaskedLM",
+    "sequence_classification": "BertForSequenceClassification",
+    "token_classification": "BertForTokenClassification",
+}
+
+
+@pytest.fixture(scope="session")
+def tiny_bert_dirs(tmp_path_factory: pytest.TempPathFactory, minilm_dir: Path) -> dict[str, Path]:
+    """Tiny seeded random BERTs with a real WordPiece tokenizer, one per encoder head."""
+    import torch
+    import transformers
+    from transformers import AutoTokenizer, BertConfig
+
+    tokenizer = AutoTokenizer.from_pretrained(minilm_dir)
+    labels = {
+        "sequence_classification": ["negative", "neutral", "positive"],
+        "token_classification": ["O", "B-PER", "I-PER", "B-LOC", "I-LOC"],
+    }
+    dirs = {}
+    for task, arch in ENCODER_HEADS.items():
+        out = tmp_path_factory.mktemp(f"tiny-bert-{task}")
+        names = labels.get(task, [])
+        config = BertConfig(
+            vocab_size=len(tokenizer), hidden_size=32, num_hidden_layers=2, num_attention_heads=2,
+            intermediate_size=64, max_position_embeddings=128, architectures=[arch],
+            **({"id2label": dict(enumerate(names)), "label2id": {n: i for i, n in enumerate(names)}} if names else {}),
+        )
+        torch.manual_seed(1)
+        getattr(transformers, arch)(config).save_pretrained(out)
+        tokenizer.save_pretrained(out)
+        dirs[task] = out
+    return dirs
+
+
+@pytest.fixture(scope="session")
+def encoder_engines(tiny_bert_dirs):
+    from engines.hf import load_engine
+
+    engines = {task: load_engine(ModelSpec(model_dir=str(d)), served_name=task) for task, d in tiny_bert_dirs.items()}
+    for engine in engines.values():
+        asyncio.run(engine.start())
+    yield engines
+    for engine in engines.values():
+        asyncio.run(engine.stop())

@@ -112,8 +112,8 @@ def test_task_inference_table(arch, task):
 def test_task_errors_are_actionable(caplog):
     with pytest.raises(ValueError, match="Please manually set"):
         infer_task(SimpleNamespace(architectures=["GPT2LMHeadModel"]))
-    with pytest.raises(ValueError, match="Currently supported tasks are: text_embedding, text_generation"):
-        resolve_task(None, SimpleNamespace(architectures=["BertForMaskedLM"]))
+    with pytest.raises(ValueError, match="Task question_answering is not supported. Currently supported tasks are: fill_mask,"):
+        resolve_task(None, SimpleNamespace(architectures=["BertForQuestionAnswering"]))
     with pytest.raises(ValueError, match="Unsupported task: nonsense"):
         resolve_task("nonsense", SimpleNamespace(architectures=["LlamaForCausalLM"]))
     # GPT2LMHeadModel infers nothing: an explicit task makes it loadable.

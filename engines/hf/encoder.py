@@ -1,6 +1,7 @@
-"""HFEncoderEngine: embeddings from an encoder (BERT-style) model, off the event loop.
+"""HFEncoderEngine: an encoder (BERT-style) model's task, off the event loop: embeddings,
+sequence classification, token classification or fill-mask, whichever the model was loaded for.
 
-Pooling follows the model's sentence-transformers configuration (mean, CLS, max or last token,
+Embedding pooling follows the model's sentence-transformers configuration (mean, CLS, max or last token,
 then L2 normalisation when the model has a Normalize module), mean + normalise otherwise.
 Concurrent requests are micro-batched (gathered for a few milliseconds, grouped by length) and
 forward passes run on one worker thread.
@@ -9,6 +10,7 @@ forward passes run on one worker thread.
 from __future__ import annotations
 
 from collections.abc import AsyncIterator, Sequence
+from typing import Any
 from concurrent.futures import ThreadPoolExecutor
 
 import torch
@@ -17,7 +19,16 @@ from engines.errors import EngineError, ErrorCode
 from engines.loader import LoadedModel, Pooling
 from engines.microbatch import MicroBatcher
 from engines.hf.base import LoadedEngine
-from engines.types import EmbeddingResult, GenerationDelta, GenerationParams, RequestContext
+from engines.tasks import Task
+from engines.types import (
+    ClassificationResult,
+    EmbeddingResult,
+    FillMaskResult,
+    GenerationDelta,
+    GenerationParams,
+    RequestContext,
+    TokenClassificationResult,
+)
 
 
 def pool(hidden: torch.Tensor, mask: torch.Tensor, pooling: Pooling) -> torch.Tensor:
@@ -51,6 +62,9 @@ class HFEncoderEngine(LoadedEngine):
         )
         self._model = loaded.model
         self._pooling = pooling
+        id2label = getattr(loaded.config, "id2label", None) or {}
+        num = int(getattr(loaded.config, "num_labels", 0) or len(id2label))
+        self._labels: tuple[str, ...] = tuple(str(id2label.get(i, id2label.get(str(i), f"LABEL_{i}"))) for i in range(num))
         pad = loaded.hf_tokenizer.pad_token_id
         self._pad_id = 0 if pad is None else int(pad)
         self._executor: ThreadPoolExecutor | None = None
@@ -90,15 +104,28 @@ class HFEncoderEngine(LoadedEngine):
     ) -> AsyncIterator[GenerationDelta]:
         raise EngineError(
             ErrorCode.UNSUPPORTED,
-            f"The model `{self._capabilities.model_name}` is an embedding model; it does not generate text.",
+            f"The model `{self._capabilities.model_name}` is an encoder ({', '.join(t.value for t in self._capabilities.tasks)}); "
+            "it does not generate text.",
             param="model",
             reason="unsupported_model",
         )
         yield  # pragma: no cover  (makes this an async generator)
 
-    async def embed(self, inputs: Sequence[Sequence[int]], ctx: RequestContext) -> list[EmbeddingResult]:
+    def _require(self, task: Task) -> None:
+        if task not in self._capabilities.tasks:
+            served = ", ".join(t.value for t in self._capabilities.tasks)
+            raise EngineError(
+                ErrorCode.UNSUPPORTED,
+                f"The model `{self._capabilities.model_name}` serves {served}, not {task.value}.",
+                param="model",
+                reason="unsupported_model",
+            )
+
+    def _check(self, inputs: Sequence[Sequence[int]]) -> None:
         limit = self._capabilities.max_model_len
         vocab = self._capabilities.vocab_size
+        if not inputs:
+            raise EngineError(ErrorCode.INVALID_REQUEST, "There are no inputs.", param="input")
         for ids in inputs:
             if not ids:
                 raise EngineError(ErrorCode.INVALID_REQUEST, "An input is empty.", param="input")
@@ -106,17 +133,45 @@ class HFEncoderEngine(LoadedEngine):
                 raise EngineError(
                     ErrorCode.CONTEXT_LENGTH_EXCEEDED,
                     f"This model's maximum context length is {limit} tokens. However, you requested "
-                    f"{len(ids)} tokens in the input for embedding generation. Please reduce the length of the input.",
+                    f"{len(ids)} tokens in the input. Please reduce the length of the input.",
                     param="input",
                 )
             if any(not 0 <= t < vocab for t in ids):
                 raise EngineError(ErrorCode.INVALID_REQUEST, "An input token id is out of vocabulary.", param="input",
                                   reason="invalid_token_id")
-        vectors = await self.batcher.submit(inputs)
-        self._embedded_total += len(inputs)
-        return [EmbeddingResult(tuple(v), len(ids)) for v, ids in zip(vectors, inputs)]
 
-    def _forward(self, batch: list[list[int]]) -> list[list[float]]:
+    async def _run(self, task: Task, inputs: Sequence[Sequence[int]]) -> list[Any]:
+        self._require(task)
+        self._check(inputs)
+        outputs = await self.batcher.submit(inputs)
+        self._embedded_total += len(inputs)
+        return outputs
+
+    async def embed(self, inputs: Sequence[Sequence[int]], ctx: RequestContext) -> list[EmbeddingResult]:
+        outputs = await self._run(Task.text_embedding, inputs)
+        return [EmbeddingResult(tuple(v), len(ids)) for v, ids in zip(outputs, inputs)]
+
+    async def classify(self, inputs: Sequence[Sequence[int]], ctx: RequestContext) -> list[ClassificationResult]:
+        outputs = await self._run(Task.sequence_classification, inputs)
+        return [ClassificationResult(tuple(v), self._labels, len(ids)) for v, ids in zip(outputs, inputs)]
+
+    async def classify_tokens(self, inputs: Sequence[Sequence[int]], ctx: RequestContext) -> list[TokenClassificationResult]:
+        outputs = await self._run(Task.token_classification, inputs)
+        return [
+            TokenClassificationResult(tuple(tuple(row) for row in v), self._labels, tuple(ids), len(ids))
+            for v, ids in zip(outputs, inputs)
+        ]
+
+    async def fill_mask(self, inputs: Sequence[Sequence[int]], ctx: RequestContext) -> list[FillMaskResult]:
+        mask_id = self._loaded.hf_tokenizer.mask_token_id
+        for ids in inputs:
+            if mask_id is None or mask_id not in ids:
+                token = self._loaded.hf_tokenizer.mask_token or "[MASK]"
+                raise EngineError(ErrorCode.INVALID_REQUEST, f"Every input needs at least one {token} token.", param="input")
+        outputs = await self._run(Task.fill_mask, inputs)
+        return [FillMaskResult(tuple(pos), tuple(tuple(r) for r in rows), len(ids)) for (pos, rows), ids in zip(outputs, inputs)]
+
+    def _forward(self, batch: list[list[int]]) -> list[Any]:
         width = max(len(ids) for ids in batch)
         device = self._loaded.device
         input_ids = torch.full((len(batch), width), self._pad_id, dtype=torch.long, device=device)
@@ -124,6 +179,19 @@ class HFEncoderEngine(LoadedEngine):
         for row, ids in enumerate(batch):
             input_ids[row, : len(ids)] = torch.tensor(ids, dtype=torch.long)
             mask[row, : len(ids)] = 1
+        task = self._loaded.task
         with torch.inference_mode():
-            hidden = self._model(input_ids=input_ids, attention_mask=mask).last_hidden_state
-            return pool(hidden, mask, self._pooling).tolist()
+            out = self._model(input_ids=input_ids, attention_mask=mask)
+            if task is Task.text_embedding:
+                return pool(out.last_hidden_state, mask, self._pooling).tolist()
+            logits = out.logits.float()
+            if task is Task.sequence_classification:
+                return logits.tolist()
+            if task is Task.token_classification:
+                return [logits[row, : len(ids)].tolist() for row, ids in enumerate(batch)]
+            mask_id = self._loaded.hf_tokenizer.mask_token_id
+            results = []
+            for row, ids in enumerate(batch):
+                positions = [i for i, t in enumerate(ids) if t == mask_id]
+                results.append((positions, logits[row, positions].tolist()))
+            return results

@@ -14,7 +14,15 @@ from engines.hf.scheduler import GenerationScheduler, SchedulerLimits
 from engines.hf.scheduler import Sequence as SchedSequence
 from engines.loader import LoadedModel, ModelSpec, load_model
 from engines.structured import GrammarCompiler
-from engines.types import EmbeddingResult, GenerationDelta, GenerationParams, RequestContext
+from engines.types import (
+    ClassificationResult,
+    EmbeddingResult,
+    FillMaskResult,
+    GenerationDelta,
+    GenerationParams,
+    RequestContext,
+    TokenClassificationResult,
+)
 
 log = logging.getLogger(__name__)
 
@@ -80,14 +88,25 @@ class HFEngine(LoadedEngine):
     async def abort(self, request_id: str) -> None:
         self._scheduler.abort(request_id)
 
-    async def embed(self, inputs: Sequence[Sequence[int]], ctx: RequestContext) -> list[EmbeddingResult]:
-        raise EngineError(
+    def _not_an_encoder(self, what: str) -> EngineError:
+        return EngineError(
             ErrorCode.UNSUPPORTED,
-            f"The model `{self._capabilities.model_name}` generates text; it does not serve embeddings. "
-            "Start the server with an embedding model for /embeddings.",
+            f"The model `{self._capabilities.model_name}` generates text; it does not serve {what}.",
             param="model",
             reason="unsupported_model",
         )
+
+    async def embed(self, inputs: Sequence[Sequence[int]], ctx: RequestContext) -> list[EmbeddingResult]:
+        raise self._not_an_encoder("embeddings")
+
+    async def classify(self, inputs: Sequence[Sequence[int]], ctx: RequestContext) -> list[ClassificationResult]:
+        raise self._not_an_encoder("sequence classification")
+
+    async def classify_tokens(self, inputs: Sequence[Sequence[int]], ctx: RequestContext) -> list[TokenClassificationResult]:
+        raise self._not_an_encoder("token classification")
+
+    async def fill_mask(self, inputs: Sequence[Sequence[int]], ctx: RequestContext) -> list[FillMaskResult]:
+        raise self._not_an_encoder("fill-mask")
 
     def validate_prompt(self, prompt_ids: Sequence[int], params: GenerationParams) -> None:
         if not prompt_ids:

@@ -55,10 +55,15 @@ class ServiceBase:
         caps = self.engine.capabilities
         if task in caps.tasks:
             return
-        if task is Task.text_generation:
+        served = ", ".join(sorted(t.value for t in caps.tasks))
+        if task is Task.text_generation and Task.text_embedding in caps.tasks:
             message = f"The model `{caps.model_name}` is an embedding model: it serves /embeddings, not text generation."
-        else:
+        elif task is Task.text_generation:
+            message = f"The model `{caps.model_name}` serves {served}, not text generation."
+        elif Task.text_generation in caps.tasks:
             message = f"The model `{caps.model_name}` generates text: it does not serve embeddings."
+        else:
+            message = f"The model `{caps.model_name}` serves {served}, not embeddings."
         raise OpenAIError(400, message, code="unsupported_model", param="model")
 
     def check_n(self, n: int | None, param: str = "n") -> int:
