@@ -13,6 +13,10 @@ from fastapi.exceptions import RequestValidationError
 from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.responses import Response
 
+from compat.kserve.dataplane import DataPlane
+from compat.kserve.errors import KServeError
+from compat.kserve.v1 import build_v1_router
+from compat.kserve.v2_rest import build_v2_router
 from engines import Engine, EngineError
 from engines.loader import ModelNotFoundError, ModelSpec
 from gateway.disconnect import ClientDisconnected
@@ -107,8 +111,14 @@ def install_error_handlers(app: FastAPI) -> None:
     async def _openai_error(request: Request, exc: OpenAIError) -> Response:
         return _openai_response(exc)
 
+    @app.exception_handler(KServeError)
+    async def _kserve_error(request: Request, exc: KServeError) -> Response:
+        return JSONResponse(exc.body(), status_code=exc.status)
+
     @app.exception_handler(EngineError)
     async def _engine_error(request: Request, exc: EngineError) -> Response:
+        if not _is_openai(request):
+            return JSONResponse(KServeError.from_engine(exc).body(), status_code=KServeError.from_engine(exc).status)
         return _openai_response(from_exception(exc))
 
     @app.exception_handler(RequestValidationError)
@@ -130,6 +140,8 @@ def install_error_handlers(app: FastAPI) -> None:
     @app.exception_handler(Exception)
     async def _unexpected(request: Request, exc: Exception) -> Response:
         log.exception("unhandled error on %s", request.url.path)
+        if not _is_openai(request):
+            return JSONResponse({"error": "Internal server error."}, status_code=500)
         return _openai_response(from_exception(exc))
 
 
@@ -160,6 +172,9 @@ def create_app(settings: Settings, engine: Engine) -> FastAPI:
     tokenizer_router = build_tokenizer_router(TokenizeService(chat))
     app.include_router(tokenizer_router, prefix=OPENAI_PREFIX)
     app.include_router(tokenizer_router)
+    plane = DataPlane(engine, settings.model_name)
+    app.include_router(build_v1_router(plane))
+    app.include_router(build_v2_router(plane))
 
     @app.get("/")
     async def liveness() -> Response:

@@ -1,0 +1,78 @@
+"""Transport-neutral KServe v1/v2 operations over one engine (REST now, gRPC later)."""
+
+from __future__ import annotations
+
+import uuid
+from typing import Any
+
+from compat.kserve.codecs import v1_texts, v2_texts
+from compat.kserve.errors import KServeError, model_not_found
+from compat.kserve.tasks import output_metadata, predict
+from engines import Engine, EngineError
+
+SERVER_NAME = "hf-gateway"
+SERVER_VERSION = "0.1.0"
+
+
+class DataPlane:
+    def __init__(self, engine: Engine, model_name: str) -> None:
+        self.engine = engine
+        self.model_name = model_name
+
+    def _model(self, name: str) -> None:
+        if name != self.model_name:
+            raise model_not_found(name)
+
+    async def ready(self) -> bool:
+        return await self.engine.check_health()
+
+    # -- metadata -----------------------------------------------------------------------------
+
+    def server_metadata(self) -> dict[str, Any]:
+        return {"name": SERVER_NAME, "version": SERVER_VERSION, "extensions": ["model_repository_extension"]}
+
+    def models(self) -> list[str]:
+        return [self.model_name]
+
+    async def model_ready(self, name: str) -> dict[str, Any]:
+        self._model(name)
+        if not await self.ready():
+            raise KServeError(503, f"Model with name {name} is not ready.")
+        return {"name": name, "ready": True}
+
+    def model_metadata(self, name: str) -> dict[str, Any]:
+        self._model(name)
+        task = next(iter(self.engine.capabilities.tasks))
+        return {
+            "name": name,
+            "versions": None,
+            "platform": "hf-gateway/transformers",
+            "inputs": [{"name": "input-0", "datatype": "BYTES", "shape": [-1]}],
+            "outputs": output_metadata(task),
+        }
+
+    # -- inference ----------------------------------------------------------------------------
+
+    async def infer_v1(self, name: str, body: Any) -> dict[str, Any]:
+        self._model(name)
+        texts = v1_texts(body)
+        try:
+            result = await predict(self.engine, texts, body.get("parameters"))
+        except EngineError as exc:
+            raise KServeError.from_engine(exc) from None
+        return {"predictions": result.v1}
+
+    async def infer_v2(self, name: str, body: Any, request_id: str | None = None) -> dict[str, Any]:
+        self._model(name)
+        texts = v2_texts(body)
+        try:
+            result = await predict(self.engine, texts, body.get("parameters"))
+        except EngineError as exc:
+            raise KServeError.from_engine(exc) from None
+        return {
+            "model_name": name,
+            "model_version": None,
+            "id": body.get("id") or request_id or str(uuid.uuid4()),
+            "parameters": None,
+            "outputs": result.v2,
+        }

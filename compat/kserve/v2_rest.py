@@ -1,0 +1,54 @@
+"""KServe v2 (Open Inference Protocol) REST. Thin routes over the data plane."""
+
+from __future__ import annotations
+
+from fastapi import APIRouter, Request
+from starlette.responses import Response
+
+from compat.kserve.dataplane import DataPlane
+from compat.kserve.errors import KServeError
+from compat.kserve.http import JSON, json_body
+
+
+def build_v2_router(plane: DataPlane) -> APIRouter:
+    router = APIRouter()
+
+    # -- v2 -----------------------------------------------------------------------------------
+
+    @router.get("/v2")
+    async def v2_server() -> Response:
+        return JSON(plane.server_metadata())
+
+    @router.get("/v2/health/live")
+    async def v2_live() -> Response:
+        return JSON({"live": True})
+
+    @router.get("/v2/health/ready")
+    async def v2_ready() -> Response:
+        ready = await plane.ready()
+        return JSON({"ready": ready}, status_code=200 if ready else 503)
+
+    @router.get("/v2/models")
+    async def v2_models() -> Response:
+        return JSON({"models": plane.models()})
+
+    @router.get("/v2/models/{name}")
+    async def v2_metadata(name: str) -> Response:
+        return JSON(plane.model_metadata(name))
+
+    @router.get("/v2/models/{name}/ready")
+    async def v2_model_ready(name: str) -> Response:
+        return JSON(await plane.model_ready(name))
+
+    @router.post("/v2/models/{name}/infer")
+    async def v2_infer(name: str, request: Request) -> Response:
+        rid = request.scope.get("state", {}).get("request_id")
+        return JSON(await plane.infer_v2(name, await json_body(request), rid))
+
+    @router.get("/v2/models/{name}/versions/{version}", include_in_schema=False)
+    @router.get("/v2/models/{name}/versions/{version}/ready", include_in_schema=False)
+    @router.post("/v2/models/{name}/versions/{version}/infer", include_in_schema=False)
+    async def v2_versioned(name: str, version: str) -> Response:
+        raise KServeError(501, "Model versioning not supported yet.")
+
+    return router

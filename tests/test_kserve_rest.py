@@ -1,0 +1,141 @@
+"""KServe v1 and v2 REST on every task: KServe's paths and shapes, v1 == v2, expected values from
+plain transformers, and KServe's error envelope."""
+
+import httpx
+import pytest
+import torch
+
+from tests.conftest import make_app
+
+SENTENCES = ["Hello, my dog is cute.", "I did not like this film at all, it was long and dull."]
+MASKED = ["The capital of France is [MASK].", "The [MASK] of [MASK] is paris."]
+
+
+def client_for(engine):
+    app = make_app(engine, disable_log_requests=True)
+    return httpx.AsyncClient(transport=httpx.ASGITransport(app=app), base_url="http://t")
+
+
+async def both(http, name, texts):
+    v1 = await http.post(f"/v1/models/{name}:predict", json={"instances": texts})
+    v2 = await http.post(f"/v2/models/{name}/infer", json={"inputs": [{"name": "input-0", "datatype": "BYTES", "shape": [len(texts)], "data": texts}]})
+    assert v1.status_code == 200, v1.text
+    assert v2.status_code == 200, v2.text
+    return v1.json(), v2.json()
+
+
+def reference_logits(model_dir, arch, texts):
+    import transformers
+    from transformers import AutoTokenizer
+
+    tok = AutoTokenizer.from_pretrained(model_dir)
+    model = getattr(transformers, arch).from_pretrained(model_dir).eval()
+    out = []
+    for text in texts:
+        enc = tok(text, return_tensors="pt")
+        with torch.no_grad():
+            out.append((enc["input_ids"][0], model(**enc).logits[0]))
+    return out
+
+
+async def test_sequence_classification(encoder_engines, tiny_bert_dirs):
+    async with client_for(encoder_engines["sequence_classification"]) as http:
+        v1, v2 = await both(http, "sequence_classification", SENTENCES)
+    expected = [int(l.argmax()) for _, l in reference_logits(tiny_bert_dirs["sequence_classification"], "BertForSequenceClassification", SENTENCES)]
+    assert v1 == {"predictions": expected}
+    (out,) = v2["outputs"]
+    assert (out["name"], out["datatype"], out["shape"], out["data"]) == ("output-0", "INT64", [2], expected)
+    assert v2["model_name"] == "sequence_classification" and v2["model_version"] is None and v2["id"]
+
+
+async def test_token_classification(encoder_engines, tiny_bert_dirs):
+    async with client_for(encoder_engines["token_classification"]) as http:
+        v1, v2 = await both(http, "token_classification", SENTENCES)
+    ref = reference_logits(tiny_bert_dirs["token_classification"], "BertForTokenClassification", SENTENCES)
+    expected = [[l.argmax(-1).tolist()] for _, l in ref]
+    assert v1 == {"predictions": expected}
+    width = max(len(e[0]) for e in expected)
+    (out,) = v2["outputs"]
+    assert out["datatype"] == "INT64" and out["shape"] == [2, 1, width]
+    flat = [x for e in expected for x in e[0] + [-1] * (width - len(e[0]))]
+    assert out["data"] == flat
+
+
+async def test_fill_mask(encoder_engines, tiny_bert_dirs):
+    engine = encoder_engines["fill_mask"]
+    async with client_for(engine) as http:
+        v1, v2 = await both(http, "fill_mask", MASKED)
+    expected = []
+    for ids, logits in reference_logits(tiny_bert_dirs["fill_mask"], "BertForMaskedLM", MASKED):
+        positions = (ids == engine.tokenizer.hf.mask_token_id).nonzero().flatten().tolist()
+        expected.append(" ".join(engine.tokenizer.decode([int(logits[p].argmax())]).strip() for p in positions))
+    assert v1 == {"predictions": expected}
+    assert v2["outputs"][0]["datatype"] == "BYTES" and v2["outputs"][0]["data"] == expected
+
+
+async def test_embeddings_match_the_openai_face(minilm_engine):
+    async with client_for(minilm_engine) as http:
+        v1, v2 = await both(http, "minilm", SENTENCES)
+        openai = (await http.post("/openai/v1/embeddings", json={"input": SENTENCES, "encoding_format": "float"})).json()
+    vectors = [d["embedding"] for d in openai["data"]]
+    assert v1 == {"predictions": vectors}
+    (out,) = v2["outputs"]
+    assert out["datatype"] == "FP64" and out["shape"] == [2, 384] and out["data"] == [x for v in vectors for x in v]
+
+
+async def test_generation_over_v1_and_v2_equals_openai(tiny_engine):
+    async with client_for(tiny_engine) as http:
+        body = {"instances": ["Once upon a time"], "parameters": {"max_tokens": 8}}
+        v1 = (await http.post("/v1/models/tiny:predict", json=body)).json()
+        v2 = (await http.post("/v2/models/tiny/infer", json={"inputs": [{"name": "text", "datatype": "BYTES", "shape": [1], "data": ["Once upon a time"]}],
+                                                             "parameters": {"max_tokens": 8}})).json()
+        openai = (await http.post("/openai/v1/completions", json={"prompt": "Once upon a time", "max_tokens": 8, "temperature": 0})).json()
+    assert v1["predictions"] == v2["outputs"][0]["data"] == [openai["choices"][0]["text"]]
+
+
+async def test_health_metadata_and_readiness(encoder_engines):
+    async with client_for(encoder_engines["sequence_classification"]) as http:
+        assert (await http.get("/v2")).json()["extensions"] == ["model_repository_extension"]
+        assert (await http.get("/v2/health/live")).json() == {"live": True}
+        assert (await http.get("/v2/health/ready")).json() == {"ready": True}
+        assert (await http.get("/v1/models")).json() == {"models": ["sequence_classification"]}
+        assert (await http.get("/v2/models")).json() == {"models": ["sequence_classification"]}
+        assert (await http.get("/v1/models/sequence_classification")).json() == {"name": "sequence_classification", "ready": True}
+        assert (await http.get("/v2/models/sequence_classification/ready")).json() == {"name": "sequence_classification", "ready": True}
+        meta = (await http.get("/v2/models/sequence_classification")).json()
+        assert meta["inputs"] == [{"name": "input-0", "datatype": "BYTES", "shape": [-1]}]
+        assert meta["outputs"] == [{"name": "output-0", "datatype": "INT64", "shape": [-1]}]
+        assert (await http.get("/")).json() == {"status": "alive"}
+
+
+@pytest.mark.parametrize(
+    "method,path,body,status,message",
+    [
+        ("post", "/v1/models/nope:predict", {"instances": ["x"]}, 404, "Model with name nope does not exist."),
+        ("get", "/v2/models/nope", None, 404, "Model with name nope does not exist."),
+        ("post", "/v1/models/sequence_classification:predict", {"instances": []}, 400, 'Expected "instances"'),
+        ("post", "/v1/models/sequence_classification:predict", {"instances": [""]}, 400, "non-empty string"),
+        ("post", "/v1/models/sequence_classification:predict", {"instances": [3]}, 400, "non-empty string"),
+        ("post", "/v1/models/sequence_classification:predict", [1, 2], 400, "JSON object"),
+        ("post", "/v2/models/sequence_classification/infer", {"inputs": []}, 400, 'Expected "inputs"'),
+        ("post", "/v2/models/sequence_classification/infer", {"inputs": [{"name": "x", "datatype": "FP32", "shape": [1], "data": [1.0]}]}, 400, "BYTES"),
+        ("post", "/v2/models/sequence_classification/infer", {"inputs": [{"name": "x", "datatype": "BYTES", "shape": [1]}]}, 400, "no data"),
+        ("post", "/v1/models/sequence_classification:explain", {"instances": ["x"]}, 501, "explainer"),
+        ("get", "/v2/models/sequence_classification/versions/1", None, 501, "versioning"),
+        ("post", "/v2/models/sequence_classification/versions/1/infer", {"inputs": []}, 501, "versioning"),
+    ],
+)
+async def test_errors_use_kserves_envelope(encoder_engines, method, path, body, status, message):
+    async with client_for(encoder_engines["sequence_classification"]) as http:
+        r = await getattr(http, method)(path, **({"json": body} if body is not None else {}))
+        assert r.status_code == status and message in r.json()["error"], r.text
+        r = await http.post("/v1/models/sequence_classification:predict", content=b"{oops", headers={"content-type": "application/json"})
+        assert r.status_code == 400 and r.json()["error"].startswith("Unrecognized request format")
+        ok = await http.post("/v1/models/sequence_classification:predict", json={"instances": ["still serving"]})
+        assert ok.status_code == 200
+
+
+async def test_long_inputs_are_truncated_like_kserve(encoder_engines):
+    async with client_for(encoder_engines["sequence_classification"]) as http:
+        r = await http.post("/v1/models/sequence_classification:predict", json={"instances": ["word " * 500]})
+        assert r.status_code == 200 and len(r.json()["predictions"]) == 1
