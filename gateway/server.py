@@ -146,12 +146,29 @@ def install_error_handlers(app: FastAPI) -> None:
 
 
 def create_app(settings: Settings, engine: Engine) -> FastAPI:
+    plane = DataPlane(engine, settings.model_name)
+
     @contextlib.asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         await engine.start()
+        grpc_server = None
+        if settings.enable_grpc:
+            from compat.kserve.grpc.servicer import build_server, mark_serving
+
+            grpc_server = build_server(
+                plane,
+                max_send=settings.grpc_max_send_message_length,
+                max_receive=settings.grpc_max_receive_message_length,
+            )
+            grpc_server.add_insecure_port(f"{settings.host}:{settings.grpc_port}")
+            await grpc_server.start()
+            await mark_serving(grpc_server, True)
+            log.info("gRPC (KServe v2) on %s:%d", settings.host, settings.grpc_port)
         try:
             yield
         finally:
+            if grpc_server is not None:
+                await grpc_server.stop(grace=5)
             await engine.stop()
 
     app = FastAPI(title="hf-gateway", version="0.1.0", docs_url=None, redoc_url=None, lifespan=lifespan)
@@ -172,7 +189,6 @@ def create_app(settings: Settings, engine: Engine) -> FastAPI:
     tokenizer_router = build_tokenizer_router(TokenizeService(chat))
     app.include_router(tokenizer_router, prefix=OPENAI_PREFIX)
     app.include_router(tokenizer_router)
-    plane = DataPlane(engine, settings.model_name)
     app.include_router(build_v1_router(plane))
     app.include_router(build_v2_router(plane))
 

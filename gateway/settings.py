@@ -52,7 +52,10 @@ class Settings:
     # -- server ------------------------------------------------------------------------------
     host: str = field(default="0.0.0.0", **_flag("Address to listen on."))
     http_port: int = field(default=8080, **_flag("HTTP port (OpenAI and KServe REST)."))
-    grpc_port: int = field(default=8081, **_flag("Port reserved for the KServe v2 gRPC face."))
+    grpc_port: int = field(default=8081, **_flag("Port of the KServe v2 gRPC face."))
+    enable_grpc: bool = field(default=True, **_flag("Serve KServe v2 over gRPC on --grpc_port."))
+    grpc_max_send_message_length: int = field(default=8 << 20, **_flag("Largest gRPC message the server sends, in bytes."))
+    grpc_max_receive_message_length: int = field(default=8 << 20, **_flag("Largest gRPC message the server accepts, in bytes."))
     timeout_keep_alive: int = field(default=65, **_flag("HTTP keep-alive timeout in seconds (longer than typical proxy idle timeouts)."))
     log_level: str = field(default="info", **_flag("Log level.", choices=LOG_LEVELS))
     disable_log_requests: bool = field(default=False, **_flag("Do not log received requests."))

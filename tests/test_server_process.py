@@ -31,6 +31,8 @@ def start(*args, env=None):
 
 def serve(*args):
     port = free_port()
+    if "--grpc_port" not in args:
+        args = (*args, "--grpc_port", str(free_port()))
     proc = start("--host", "127.0.0.1", "--http_port", str(port), *args)
     base = f"http://127.0.0.1:{port}"
     deadline = time.monotonic() + 120
@@ -58,9 +60,12 @@ def smollm_server(smollm_dir):
     proc.wait(15)
 
 
+MINILM_GRPC_PORT = free_port()
+
+
 @pytest.fixture(scope="module")
 def minilm_server(minilm_dir):
-    proc, base = serve("--model_dir", str(minilm_dir), "--model_name", "minilm")
+    proc, base = serve("--model_dir", str(minilm_dir), "--model_name", "minilm", "--grpc_port", str(MINILM_GRPC_PORT))
     yield base
     proc.terminate()
     proc.wait(15)
@@ -177,3 +182,20 @@ def test_bfloat16_serves_the_same_answers():
     finally:
         proc.terminate()
         proc.wait(15)
+
+
+def test_grpc_runs_beside_http_in_one_process(minilm_server):
+    import grpc
+
+    from compat.kserve.grpc.generated import grpc_predict_v2_pb2 as pb
+    from compat.kserve.grpc.generated import grpc_predict_v2_pb2_grpc as pb_grpc
+
+    with grpc.insecure_channel(f"127.0.0.1:{MINILM_GRPC_PORT}") as channel:
+        stub = pb_grpc.GRPCInferenceServiceStub(channel)
+        assert stub.ServerReady(pb.ServerReadyRequest(), timeout=10).ready
+        req = pb.ModelInferRequest(model_name="minilm")
+        req.inputs.add(name="input-0", datatype="BYTES", shape=[1]).contents.bytes_contents.append(b"The cat sat.")
+        out = stub.ModelInfer(req, timeout=30).outputs[0]
+    rest = httpx.post(f"{minilm_server}/v2/models/minilm/infer", timeout=30,
+                      json={"inputs": [{"name": "input-0", "datatype": "BYTES", "shape": [1], "data": ["The cat sat."]}]}).json()
+    assert list(out.contents.fp64_contents) == rest["outputs"][0]["data"]

@@ -65,14 +65,21 @@ class DataPlane:
     async def infer_v2(self, name: str, body: Any, request_id: str | None = None) -> dict[str, Any]:
         self._model(name)
         texts = v2_texts(body)
+        return await self.infer_texts(name, texts, body.get("parameters"), body.get("id") or request_id)
+
+    async def infer_texts(
+        self, name: str, texts: list[str], parameters: dict[str, Any] | None, request_id: str | None
+    ) -> dict[str, Any]:
+        """The v2 response for already-decoded text inputs (shared by REST and gRPC)."""
+        self._model(name)
         try:
-            result = await predict(self.engine, texts, body.get("parameters"))
+            result = await predict(self.engine, texts, parameters)
         except EngineError as exc:
             raise KServeError.from_engine(exc) from None
         return {
             "model_name": name,
             "model_version": None,
-            "id": body.get("id") or request_id or str(uuid.uuid4()),
+            "id": request_id or str(uuid.uuid4()),
             "parameters": None,
             "outputs": result.v2,
         }

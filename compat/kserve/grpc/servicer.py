@@ -1,0 +1,118 @@
+"""inference.GRPCInferenceService over the data plane, with KServe's status codes, plus the
+standard health service and server reflection."""
+
+from __future__ import annotations
+
+import logging
+
+import grpc
+from grpc_health.v1 import health, health_pb2, health_pb2_grpc
+from grpc_reflection.v1alpha import reflection
+
+from compat.kserve.codecs import v2_texts
+from compat.kserve.dataplane import DataPlane
+from compat.kserve.errors import KServeError
+from compat.kserve.grpc import convert
+from compat.kserve.grpc.generated import grpc_predict_v2_pb2 as pb
+from compat.kserve.grpc.generated import grpc_predict_v2_pb2_grpc as pb_grpc
+
+log = logging.getLogger(__name__)
+
+SERVICE = "inference.GRPCInferenceService"
+_STATUS = {
+    400: grpc.StatusCode.INVALID_ARGUMENT,
+    404: grpc.StatusCode.NOT_FOUND,
+    429: grpc.StatusCode.RESOURCE_EXHAUSTED,
+    501: grpc.StatusCode.UNIMPLEMENTED,
+    503: grpc.StatusCode.UNAVAILABLE,
+}
+
+
+async def _abort(context: grpc.aio.ServicerContext, exc: KServeError) -> None:
+    await context.abort(_STATUS.get(exc.status, grpc.StatusCode.INTERNAL), exc.message)
+
+
+class InferenceServicer(pb_grpc.GRPCInferenceServiceServicer):
+    def __init__(self, plane: DataPlane) -> None:
+        self.plane = plane
+
+    async def ServerLive(self, request: pb.ServerLiveRequest, context: grpc.aio.ServicerContext) -> pb.ServerLiveResponse:
+        return pb.ServerLiveResponse(live=True)
+
+    async def ServerReady(self, request: pb.ServerReadyRequest, context: grpc.aio.ServicerContext) -> pb.ServerReadyResponse:
+        return pb.ServerReadyResponse(ready=await self.plane.ready())
+
+    async def ModelReady(self, request: pb.ModelReadyRequest, context: grpc.aio.ServicerContext) -> pb.ModelReadyResponse:
+        try:
+            await self.plane.model_ready(request.name)
+        except KServeError as exc:
+            if exc.status == 503:
+                return pb.ModelReadyResponse(ready=False)
+            await _abort(context, exc)
+        return pb.ModelReadyResponse(ready=True)
+
+    async def ServerMetadata(self, request: pb.ServerMetadataRequest, context: grpc.aio.ServicerContext) -> pb.ServerMetadataResponse:
+        meta = self.plane.server_metadata()
+        return pb.ServerMetadataResponse(name=meta["name"], version=meta["version"], extensions=meta["extensions"])
+
+    async def ModelMetadata(self, request: pb.ModelMetadataRequest, context: grpc.aio.ServicerContext) -> pb.ModelMetadataResponse:
+        try:
+            if request.version:
+                raise KServeError(501, "Model versioning not supported yet.")
+            return convert.metadata_message(self.plane.model_metadata(request.name))
+        except KServeError as exc:
+            await _abort(context, exc)
+            raise  # unreachable: abort raises
+
+    async def ModelInfer(self, request: pb.ModelInferRequest, context: grpc.aio.ServicerContext) -> pb.ModelInferResponse:
+        try:
+            if request.model_version:
+                raise KServeError(501, "Model versioning not supported yet.")
+            # Text elements go through the same decoding (UTF-8, non-empty) as REST.
+            items = convert.request_texts(request)
+            texts = v2_texts({"inputs": [{"name": request.inputs[0].name, "datatype": "BYTES", "data": items}]})
+            body = await self.plane.infer_texts(request.model_name, texts, convert.request_parameters(request), request.id or None)
+            return convert.response_message(body, raw=bool(request.raw_input_contents))
+        except KServeError as exc:
+            await _abort(context, exc)
+            raise
+        except Exception:
+            log.exception("ModelInfer failed")
+            await context.abort(grpc.StatusCode.INTERNAL, "Internal server error.")
+            raise
+
+    async def RepositoryModelLoad(self, request: pb.RepositoryModelLoadRequest, context: grpc.aio.ServicerContext) -> pb.RepositoryModelLoadResponse:
+        try:
+            await self.plane.model_ready(request.model_name)
+        except KServeError as exc:
+            await _abort(context, exc)
+        return pb.RepositoryModelLoadResponse(model_name=request.model_name, isLoaded=True)
+
+    async def RepositoryModelUnload(self, request: pb.RepositoryModelUnloadRequest, context: grpc.aio.ServicerContext) -> pb.RepositoryModelUnloadResponse:
+        await context.abort(grpc.StatusCode.UNIMPLEMENTED, "Unloading the only model of this server is not supported.")
+        raise AssertionError("unreachable")
+
+
+def build_server(plane: DataPlane, *, max_send: int = 8 << 20, max_receive: int = 8 << 20) -> grpc.aio.Server:
+    server = grpc.aio.server(
+        options=[
+            ("grpc.max_send_message_length", max_send),
+            ("grpc.max_receive_message_length", max_receive),
+            ("grpc.so_reuseport", 0),  # a port already in use is a startup error, not a silent share
+        ]
+    )
+    pb_grpc.add_GRPCInferenceServiceServicer_to_server(InferenceServicer(plane), server)
+    health_servicer = health.aio.HealthServicer()
+    health_pb2_grpc.add_HealthServicer_to_server(health_servicer, server)
+    server.health = health_servicer  # type: ignore[attr-defined]
+    reflection.enable_server_reflection(
+        (pb.DESCRIPTOR.services_by_name["GRPCInferenceService"].full_name, health_pb2.DESCRIPTOR.services_by_name["Health"].full_name, reflection.SERVICE_NAME),
+        server,
+    )
+    return server
+
+
+async def mark_serving(server: grpc.aio.Server, serving: bool) -> None:
+    status = health_pb2.HealthCheckResponse.SERVING if serving else health_pb2.HealthCheckResponse.NOT_SERVING
+    for name in ("", SERVICE):
+        await server.health.set(name, status)  # type: ignore[attr-defined]
