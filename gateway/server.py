@@ -15,6 +15,7 @@ from starlette.responses import Response
 
 from compat.kserve.dataplane import DataPlane
 from compat.kserve.errors import KServeError
+from compat.kserve.tasks import KServeOptions
 from compat.kserve.v1 import build_v1_router
 from compat.kserve.v2_rest import build_v2_router
 from engines import Engine, EngineError
@@ -146,7 +147,15 @@ def install_error_handlers(app: FastAPI) -> None:
 
 
 def create_app(settings: Settings, engine: Engine) -> FastAPI:
-    plane = DataPlane(engine, settings.model_name)
+    plane = DataPlane(
+        engine,
+        settings.model_name,
+        KServeOptions(
+            return_probabilities=settings.return_probabilities,
+            return_raw_logits=settings.return_raw_logits,
+            add_special_tokens=not settings.disable_special_tokens,
+        ),
+    )
 
     @contextlib.asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
@@ -224,6 +233,9 @@ def configure_logging(level: str) -> None:
 
 def main(argv: Sequence[str] | None = None) -> None:
     settings = Settings.from_args(argv)
+    if settings.return_probabilities and settings.return_raw_logits:
+        print("hf-gateway: cannot start: --return_probabilities and --return_raw_logits exclude each other.", file=sys.stderr)
+        raise SystemExit(2)
     apply_process_env()
     configure_logging(settings.log_level)
     try:

@@ -49,6 +49,10 @@ class Settings:
     backend: str = field(default="auto", **_flag("Engine: auto picks the best available; huggingface forces the transformers engine.", choices=BACKEND_CHOICES))
     task: str | None = field(default=None, **_flag("Task (KServe names, e.g. text_generation). Default: inferred from the model architecture."))
     trust_remote_code: bool = field(default=False, **_flag("Allow model repositories to run their own Python code."))
+    # -- KServe post-processing ----------------------------------------------------------------
+    return_probabilities: bool = field(default=False, **_flag("Classification and fill-mask answer with softmax probabilities instead of the argmax."))
+    return_raw_logits: bool = field(default=False, **_flag("Classification and fill-mask answer with raw logits instead of the argmax."))
+    disable_special_tokens: bool = field(default=False, **_flag("Tokenize KServe v1/v2 inputs without special tokens ([CLS], [SEP], ...)."))
     # -- server ------------------------------------------------------------------------------
     host: str = field(default="0.0.0.0", **_flag("Address to listen on."))
     http_port: int = field(default=8080, **_flag("HTTP port (OpenAI and KServe REST)."))

@@ -139,3 +139,45 @@ async def test_long_inputs_are_truncated_like_kserve(encoder_engines):
     async with client_for(encoder_engines["sequence_classification"]) as http:
         r = await http.post("/v1/models/sequence_classification:predict", json={"instances": ["word " * 500]})
         assert r.status_code == 200 and len(r.json()["predictions"]) == 1
+
+
+def options_client(engine, **settings):
+    app = make_app(engine, disable_log_requests=True, **settings)
+    return httpx.AsyncClient(transport=httpx.ASGITransport(app=app), base_url="http://t")
+
+
+async def test_return_probabilities_and_raw_logits(encoder_engines, tiny_bert_dirs):
+    engine = encoder_engines["sequence_classification"]
+    ref = reference_logits(tiny_bert_dirs["sequence_classification"], "BertForSequenceClassification", SENTENCES)
+    async with options_client(engine, return_probabilities=True) as http:
+        v1, v2 = await both(http, "sequence_classification", SENTENCES)
+        meta = (await http.get("/v2/models/sequence_classification")).json()
+    for got, (_, logits) in zip(v1["predictions"], ref):
+        probs = torch.softmax(logits, -1).tolist()
+        assert got == {str(j): float(f"{p:.4f}") for j, p in enumerate(probs)}  # JSON object keys are strings
+    assert v2["outputs"][0]["datatype"] == "BYTES" and v2["outputs"][0]["data"][0].startswith("{0: ")
+    assert meta["outputs"] == [{"name": "output-0", "datatype": "BYTES", "shape": [-1]}]
+    async with options_client(engine, return_raw_logits=True) as http:
+        v1, _ = await both(http, "sequence_classification", SENTENCES)
+    for got, (_, logits) in zip(v1["predictions"], ref):
+        assert [got[str(j)] for j in range(3)] == pytest.approx(logits.tolist(), abs=1e-5)
+
+
+async def test_scored_token_classification_and_fill_mask(encoder_engines):
+    async with options_client(encoder_engines["token_classification"], return_probabilities=True) as http:
+        v1, _ = await both(http, "token_classification", SENTENCES[:1])
+    (tokens,) = v1["predictions"]
+    assert all(len(t) == 5 and abs(sum(t.values()) - 1) < 1e-3 for t in tokens)
+    async with options_client(encoder_engines["fill_mask"], return_raw_logits=True) as http:
+        v1, _ = await both(http, "fill_mask", MASKED[:1])
+    (masks,) = v1["predictions"]
+    vocab = encoder_engines["fill_mask"].capabilities.vocab_size
+    assert len(masks) == 1 and len(masks[0]) == vocab and list(masks[0][5]) == ["5"]
+
+
+async def test_disable_special_tokens(encoder_engines):
+    async with options_client(encoder_engines["token_classification"], disable_special_tokens=True) as http:
+        without, _ = await both(http, "token_classification", SENTENCES[:1])
+    async with client_for(encoder_engines["token_classification"]) as http:
+        with_special, _ = await both(http, "token_classification", SENTENCES[:1])
+    assert len(with_special["predictions"][0][0]) == len(without["predictions"][0][0]) + 2  # [CLS] and [SEP]

@@ -7,7 +7,7 @@ from typing import Any
 
 from compat.kserve.codecs import v1_texts, v2_texts
 from compat.kserve.errors import KServeError, model_not_found
-from compat.kserve.tasks import output_metadata, predict
+from compat.kserve.tasks import KServeOptions, output_metadata, predict
 from engines import Engine, EngineError
 
 SERVER_NAME = "hf-gateway"
@@ -15,9 +15,10 @@ SERVER_VERSION = "0.1.0"
 
 
 class DataPlane:
-    def __init__(self, engine: Engine, model_name: str) -> None:
+    def __init__(self, engine: Engine, model_name: str, options: KServeOptions = KServeOptions()) -> None:
         self.engine = engine
         self.model_name = model_name
+        self.options = options
 
     def _model(self, name: str) -> None:
         if name != self.model_name:
@@ -48,7 +49,7 @@ class DataPlane:
             "versions": None,
             "platform": "hf-gateway/transformers",
             "inputs": [{"name": "input-0", "datatype": "BYTES", "shape": [-1]}],
-            "outputs": output_metadata(task),
+            "outputs": output_metadata(task, self.options),
         }
 
     # -- inference ----------------------------------------------------------------------------
@@ -57,7 +58,7 @@ class DataPlane:
         self._model(name)
         texts = v1_texts(body)
         try:
-            result = await predict(self.engine, texts, body.get("parameters"))
+            result = await predict(self.engine, texts, body.get("parameters"), self.options)
         except EngineError as exc:
             raise KServeError.from_engine(exc) from None
         return {"predictions": result.v1}
@@ -73,7 +74,7 @@ class DataPlane:
         """The v2 response for already-decoded text inputs (shared by REST and gRPC)."""
         self._model(name)
         try:
-            result = await predict(self.engine, texts, parameters)
+            result = await predict(self.engine, texts, parameters, self.options)
         except EngineError as exc:
             raise KServeError.from_engine(exc) from None
         return {

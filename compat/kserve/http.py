@@ -15,7 +15,7 @@ class JSON(Response):
     media_type = "application/json"
 
     def render(self, content: Any) -> bytes:
-        return orjson.dumps(content)
+        return orjson.dumps(content, option=orjson.OPT_NON_STR_KEYS)  # int keys become strings, as in KServe
 
 
 async def json_body(request: Request) -> Any:

@@ -11,6 +11,7 @@ serve over v1/v2) -> the generated text (v2 BYTES [n]).
 from __future__ import annotations
 
 import asyncio
+import math
 import uuid
 from dataclasses import dataclass
 from typing import Any
@@ -23,6 +24,15 @@ from engines.tasks import Task
 OUTPUT = "output-0"
 
 
+@dataclass(frozen=True)
+class KServeOptions:
+    """huggingfaceserver's post-processing flags."""
+
+    return_probabilities: bool = False  # softmax, rounded to 4 decimals
+    return_raw_logits: bool = False
+    add_special_tokens: bool = True  # --disable_special_tokens turns it off
+
+
 @dataclass
 class Prediction:
     v1: list[Any]  # one prediction per instance
@@ -33,12 +43,12 @@ def _argmax(values: Any) -> int:
     return max(range(len(values)), key=values.__getitem__)
 
 
-async def _encode(engine: Engine, texts: list[str]) -> list[list[int]]:
+async def _encode(engine: Engine, texts: list[str], add_special_tokens: bool) -> list[list[int]]:
     limit = engine.capabilities.max_model_len
 
     def run() -> list[list[int]]:
         # KServe tokenizes with truncation to the model's length; so do we.
-        return [engine.tokenizer.encode(t)[:limit] for t in texts]
+        return [engine.tokenizer.encode(t, add_special_tokens=add_special_tokens)[:limit] for t in texts]
 
     return await asyncio.to_thread(run)
 
@@ -56,8 +66,32 @@ def _generation_params(parameters: dict[str, Any] | None) -> GenerationParams:
         raise invalid_input(f"Invalid generation parameter: {exc}") from None
 
 
-async def predict(engine: Engine, texts: list[str], parameters: dict[str, Any] | None = None) -> Prediction:
+def _softmax(logits: Any) -> list[float]:
+    peak = max(logits)
+    exps = [math.exp(x - peak) for x in logits]
+    total = sum(exps)
+    return [e / total for e in exps]
+
+
+def _scores(logits: Any, options: KServeOptions) -> dict[int, float] | None:
+    """KServe's dict forms: raw logits as they are, probabilities rounded to 4 decimals."""
+    if options.return_raw_logits:
+        return {j: float(x) for j, x in enumerate(logits)}
+    if options.return_probabilities:
+        return {j: float(f"{p:.4f}") for j, p in enumerate(_softmax(logits))}
+    return None
+
+
+def _repr_tensor(values: list[Any]) -> dict[str, Any]:
+    """KServe sends dict-shaped results over v2 as BYTES strings of the Python repr."""
+    return tensor(OUTPUT, "BYTES", [repr(v) for v in values])
+
+
+async def predict(
+    engine: Engine, texts: list[str], parameters: dict[str, Any] | None = None, options: KServeOptions = KServeOptions()
+) -> Prediction:
     task = next(iter(engine.capabilities.tasks))
+    dict_form = options.return_probabilities or options.return_raw_logits
     ctx = RequestContext(f"kserve-{uuid.uuid4().hex}")
     if task is Task.text_generation:
         params = _generation_params(parameters)
@@ -71,30 +105,49 @@ async def predict(engine: Engine, texts: list[str], parameters: dict[str, Any] |
         outputs = list(await asyncio.gather(*(one(i, t) for i, t in enumerate(texts))))
         return Prediction(outputs, [tensor(OUTPUT, "BYTES", outputs)])
 
-    ids = await _encode(engine, texts)
+    ids = await _encode(engine, texts, options.add_special_tokens)
     if task is Task.text_embedding:
         vectors = [list(r.embedding) for r in await engine.embed(ids, ctx)]
         return Prediction(vectors, [tensor(OUTPUT, "FP64", vectors)])
     if task is Task.sequence_classification:
-        classes = [_argmax(r.logits) for r in await engine.classify(ids, ctx)]
+        results = await engine.classify(ids, ctx)
+        if dict_form:
+            scored = [_scores(r.logits, options) for r in results]
+            return Prediction(scored, [_repr_tensor(scored)])
+        classes = [_argmax(r.logits) for r in results]
         return Prediction(classes, [tensor(OUTPUT, "INT64", classes)])
     if task is Task.token_classification:
-        rows = [[_argmax(token) for token in r.logits] for r in await engine.classify_tokens(ids, ctx)]
+        token_results = await engine.classify_tokens(ids, ctx)
+        if dict_form:
+            per_token = [[_scores(t, options) for t in r.logits] for r in token_results]
+            return Prediction(per_token, [_repr_tensor(per_token)])
+        rows = [[_argmax(token) for token in r.logits] for r in token_results]
         width = max(len(r) for r in rows)
         padded = [[row + [-1] * (width - len(row))] for row in rows]
         return Prediction([[row] for row in rows], [tensor(OUTPUT, "INT64", padded)])
     if task is Task.fill_mask:
+        masks = await engine.fill_mask(ids, ctx)
+        if dict_form:
+            # Per mask, KServe lists the whole vocabulary: [{token_id: score}, ...]; probabilities
+            # are 4-decimal strings there.
+            def vocab(logits: Any) -> list[dict[int, Any]]:
+                if options.return_raw_logits:
+                    return [{j: float(x)} for j, x in enumerate(logits)]
+                return [{j: f"{p:.4f}"} for j, p in enumerate(_softmax(logits))]
+
+            listed = [[vocab(logits) for logits in r.logits] for r in masks]
+            return Prediction(listed, [_repr_tensor(listed)])
         tok = engine.tokenizer
-        words = []
-        for r in await engine.fill_mask(ids, ctx):
-            best = [_argmax(logits) for logits in r.logits]
-            words.append(" ".join(tok.decode([b]).strip() for b in best))
+        words = [tok.decode([_argmax(logits) for logits in r.logits]) for r in masks]
         return Prediction(words, [tensor(OUTPUT, "BYTES", words)])
     raise invalid_input(f"Task {task.value} is not served over the KServe protocol.")
 
 
-def output_metadata(task: Task) -> list[dict[str, Any]]:
+def output_metadata(task: Task, options: KServeOptions = KServeOptions()) -> list[dict[str, Any]]:
     """v2 model metadata that actually describes the tensors (KServe's lists are always empty)."""
+    scored = task in (Task.sequence_classification, Task.token_classification, Task.fill_mask)
+    if scored and (options.return_probabilities or options.return_raw_logits):
+        return [{"name": OUTPUT, "datatype": "BYTES", "shape": [-1]}]  # Python-repr strings, as KServe
     spec = {
         Task.text_generation: ("BYTES", [-1]),
         Task.text_embedding: ("FP64", [-1, -1]),
