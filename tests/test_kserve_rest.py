@@ -181,3 +181,28 @@ async def test_disable_special_tokens(encoder_engines):
     async with client_for(encoder_engines["token_classification"]) as http:
         with_special, _ = await both(http, "token_classification", SENTENCES[:1])
     assert len(with_special["predictions"][0][0]) == len(without["predictions"][0][0]) + 2  # [CLS] and [SEP]
+
+
+async def test_binary_tensor_extension(encoder_engines):
+    import json
+    import struct
+
+    texts = [t.encode() for t in SENTENCES]
+    blob = b"".join(struct.pack("<I", len(t)) + t for t in texts)
+    header = json.dumps({
+        "inputs": [{"name": "input-0", "datatype": "BYTES", "shape": [2], "parameters": {"binary_data_size": len(blob)}}],
+        "outputs": [{"name": "output-0", "parameters": {"binary_data": True}}],
+    }).encode()
+    async with client_for(encoder_engines["sequence_classification"]) as http:
+        r = await http.post("/v2/models/sequence_classification/infer", content=header + blob,
+                            headers={"inference-header-content-length": str(len(header)), "content-type": "application/octet-stream"})
+        json_answer = (await http.post("/v1/models/sequence_classification:predict", json={"instances": SENTENCES})).json()
+        bad = await http.post("/v2/models/sequence_classification/infer", content=header + blob[:5],
+                              headers={"inference-header-content-length": str(len(header))})
+    assert r.status_code == 200, r.text
+    length = int(r.headers["inference-header-content-length"])
+    meta = json.loads(r.content[:length])
+    (out,) = meta["outputs"]
+    assert "data" not in out and out["parameters"]["binary_data_size"] == 16
+    assert list(struct.unpack("<2q", r.content[length:])) == json_answer["predictions"]
+    assert bad.status_code == 400 and "binary" in bad.json()["error"]

@@ -3,7 +3,10 @@
 from __future__ import annotations
 
 import math
+import struct
 from typing import Any
+
+import orjson
 
 from compat.kserve.errors import invalid_input
 
@@ -68,3 +71,77 @@ def tensor(name: str, datatype: str, data: list[Any]) -> dict[str, Any]:
 
 def rounded(value: float, digits: int = 4) -> float:
     return round(value, digits) if math.isfinite(value) else value
+
+
+# -- the binary tensor extension ----------------------------------------------------------------
+
+BINARY_HEADER = "inference-header-content-length"
+_BINARY_FORMAT = {"INT64": "q", "INT32": "i", "INT16": "h", "INT8": "b", "UINT8": "B", "FP64": "d", "FP32": "f", "BOOL": "?"}
+
+
+def _unpack_bytes(raw: bytes) -> list[bytes]:
+    items, at = [], 0
+    while at < len(raw):
+        if at + 4 > len(raw):
+            raise invalid_input("Binary BYTES data ends in the middle of a length prefix.")
+        size = int.from_bytes(raw[at : at + 4], "little")
+        at += 4
+        if at + size > len(raw):
+            raise invalid_input("A binary BYTES element is longer than the remaining data.")
+        items.append(raw[at : at + size])
+        at += size
+    return items
+
+
+def split_binary_request(raw: bytes, header_length: str) -> dict[str, Any]:
+    """A request body with binary tensors: the JSON header, then each input's bytes in order."""
+    try:
+        length = int(header_length)
+        header = orjson.loads(raw[:length])
+    except (ValueError, orjson.JSONDecodeError):
+        raise invalid_input(f"Invalid {BINARY_HEADER} or JSON header.") from None
+    if not 0 <= length <= len(raw) or not isinstance(header, dict):
+        raise invalid_input(f"{BINARY_HEADER} does not fit the body.")
+    at = length
+    for tensor_ in header.get("inputs") or []:
+        size = (tensor_.get("parameters") or {}).get("binary_data_size")
+        if size is None:
+            continue
+        chunk = raw[at : at + int(size)]
+        if len(chunk) != int(size):
+            raise invalid_input(f"Input {tensor_.get('name')!r} declares {size} binary bytes but the body is shorter.")
+        at += int(size)
+        datatype = tensor_.get("datatype")
+        if datatype == "BYTES":
+            tensor_["data"] = _unpack_bytes(chunk)
+        elif datatype in _BINARY_FORMAT:
+            fmt = _BINARY_FORMAT[datatype]
+            tensor_["data"] = list(struct.unpack(f"<{len(chunk) // struct.calcsize(fmt)}{fmt}", chunk))
+        else:
+            raise invalid_input(f"Binary data of datatype {datatype!r} is not supported.")
+    return header
+
+
+def wants_binary(request_body: dict[str, Any]) -> set[str] | bool:
+    """True for all outputs (`binary_data_output`), or the names of outputs asking for binary."""
+    if (request_body.get("parameters") or {}).get("binary_data_output"):
+        return True
+    return {o.get("name") for o in request_body.get("outputs") or [] if (o.get("parameters") or {}).get("binary_data")}
+
+
+def encode_binary_response(response: dict[str, Any], which: set[str] | bool) -> tuple[bytes, int]:
+    """Move the chosen outputs' data into a binary section; return (body, JSON header length)."""
+    blobs: list[bytes] = []
+    for out in response["outputs"]:
+        if which is not True and out["name"] not in which:
+            continue
+        data = out.pop("data")
+        if out["datatype"] == "BYTES":
+            blob = b"".join(len(b).to_bytes(4, "little") + b for b in (str(x).encode() for x in data))
+        else:
+            fmt = _BINARY_FORMAT[out["datatype"]]
+            blob = struct.pack(f"<{len(data)}{fmt}", *data)
+        out["parameters"] = {**(out.get("parameters") or {}), "binary_data_size": len(blob)}
+        blobs.append(blob)
+    header = orjson.dumps(response)
+    return header + b"".join(blobs), len(header)

@@ -5,6 +5,7 @@ from __future__ import annotations
 from fastapi import APIRouter, Request
 from starlette.responses import Response
 
+from compat.kserve.codecs import BINARY_HEADER, encode_binary_response, split_binary_request, wants_binary
 from compat.kserve.dataplane import DataPlane
 from compat.kserve.errors import KServeError
 from compat.kserve.http import JSON, json_body
@@ -43,7 +44,17 @@ def build_v2_router(plane: DataPlane) -> APIRouter:
     @router.post("/v2/models/{name}/infer")
     async def v2_infer(name: str, request: Request) -> Response:
         rid = request.scope.get("state", {}).get("request_id")
-        return JSON(await plane.infer_v2(name, await json_body(request), rid))
+        header_length = request.headers.get(BINARY_HEADER)
+        if header_length is not None:  # the binary tensor extension
+            body = split_binary_request(await request.body(), header_length)
+        else:
+            body = await json_body(request)
+        response = await plane.infer_v2(name, body, rid)
+        which = wants_binary(body)
+        if not which:
+            return JSON(response)
+        payload, length = encode_binary_response(response, which)
+        return Response(payload, media_type="application/octet-stream", headers={BINARY_HEADER: str(length)})
 
     @router.get("/v2/models/{name}/versions/{version}", include_in_schema=False)
     @router.get("/v2/models/{name}/versions/{version}/ready", include_in_schema=False)
