@@ -349,6 +349,7 @@ def load_model(spec: ModelSpec) -> LoadedModel:
         AutoModel,
         AutoModelForCausalLM,
         AutoModelForMaskedLM,
+        AutoModelForSeq2SeqLM,
         AutoModelForSequenceClassification,
         AutoModelForTokenClassification,
         AutoTokenizer,
@@ -360,12 +361,12 @@ def load_model(spec: ModelSpec) -> LoadedModel:
     task = resolve_task(spec.task, config, sentence_transformer=is_sentence_transformer(source.location))
     dtype = resolve_dtype(spec.dtype, config)
     max_model_len = derive_max_model_len(config, spec.max_model_len)
-    generative = task is Task.text_generation
+    generative = task is Task.text_generation  # decoder-only: left padding, EOS from the generation config
     if not generative and spec.max_model_len is None:
         # sentence-transformers models were trained (and are used) at this length.
         max_model_len = min(max_model_len, sentence_max_len(source.location) or max_model_len)
     device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    kind = "generative" if generative else "encoder"
+    kind = "generative" if task in (Task.text_generation, Task.text2text_generation) else "encoder"
     log.info("Loading %s model for task '%s' in %s from %s", kind, task.value, dtype, source.location)
 
     tokenizer = AutoTokenizer.from_pretrained(
@@ -377,6 +378,7 @@ def load_model(spec: ModelSpec) -> LoadedModel:
             tokenizer.pad_token = tokenizer.eos_token
     model_class = {
         Task.text_generation: AutoModelForCausalLM,
+        Task.text2text_generation: AutoModelForSeq2SeqLM,
         Task.text_embedding: AutoModel,
         Task.fill_mask: AutoModelForMaskedLM,
         Task.sequence_classification: AutoModelForSequenceClassification,
@@ -386,7 +388,7 @@ def load_model(spec: ModelSpec) -> LoadedModel:
     model.to(device).eval()
 
     eos: set[int] = set()
-    if generative:
+    if task in (Task.text_generation, Task.text2text_generation):
         gen_eos = getattr(getattr(model, "generation_config", None), "eos_token_id", None)
         for value in gen_eos if isinstance(gen_eos, list) else [gen_eos]:
             if isinstance(value, int):

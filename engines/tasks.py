@@ -34,16 +34,18 @@ ARCHITECTURE_SUFFIXES: tuple[tuple[str, Task], ...] = (
     ("ForPrediction", Task.time_series_forecast),
 )
 
-# Tasks this build serves (text2text arrives with the KServe face).
+# Tasks this build serves.
 SUPPORTED_TASKS: frozenset[Task] = frozenset(
     {
         Task.text_generation,
+        Task.text2text_generation,
         Task.text_embedding,
         Task.fill_mask,
         Task.sequence_classification,
         Task.token_classification,
     }
 )
+GENERATIVE_TASKS: frozenset[Task] = frozenset({Task.text_generation, Task.text2text_generation})
 ENCODER_TASKS: frozenset[Task] = frozenset(
     {Task.text_embedding, Task.fill_mask, Task.sequence_classification, Task.token_classification}
 )

@@ -209,3 +209,33 @@ def encoder_engines(tiny_bert_dirs):
     yield engines
     for engine in engines.values():
         asyncio.run(engine.stop())
+
+
+@pytest.fixture(scope="session")
+def tiny_t5_dir(tmp_path_factory: pytest.TempPathFactory, minilm_dir: Path) -> Path:
+    """A tiny seeded random T5 with a real WordPiece tokenizer ([SEP] as end of sequence)."""
+    import torch
+    from transformers import AutoTokenizer, T5Config, T5ForConditionalGeneration
+
+    out = tmp_path_factory.mktemp("tiny-t5")
+    tokenizer = AutoTokenizer.from_pretrained(minilm_dir)
+    tokenizer.eos_token = "[SEP]"
+    tokenizer.save_pretrained(out)
+    config = T5Config(
+        vocab_size=len(tokenizer), d_model=32, d_kv=8, d_ff=64, num_layers=2, num_heads=2,
+        decoder_start_token_id=tokenizer.pad_token_id, pad_token_id=tokenizer.pad_token_id,
+        eos_token_id=tokenizer.eos_token_id, n_positions=256, architectures=["T5ForConditionalGeneration"],
+    )
+    torch.manual_seed(2)
+    T5ForConditionalGeneration(config).save_pretrained(out)
+    return out
+
+
+@pytest.fixture(scope="session")
+def t5_engine(tiny_t5_dir):
+    from engines.hf import load_engine
+
+    engine = load_engine(ModelSpec(model_dir=str(tiny_t5_dir)), served_name="t5")
+    asyncio.run(engine.start())
+    yield engine
+    asyncio.run(engine.stop())

@@ -93,7 +93,7 @@ async def predict(
     task = next(iter(engine.capabilities.tasks))
     dict_form = options.return_probabilities or options.return_raw_logits
     ctx = RequestContext(f"kserve-{uuid.uuid4().hex}")
-    if task is Task.text_generation:
+    if task in (Task.text_generation, Task.text2text_generation):
         params = _generation_params(parameters)
         if not 0.0 <= params.temperature <= 2.0 or params.max_tokens < 1:
             raise invalid_input("temperature must be in [0, 2] and max_tokens at least 1.")
@@ -150,6 +150,7 @@ def output_metadata(task: Task, options: KServeOptions = KServeOptions()) -> lis
         return [{"name": OUTPUT, "datatype": "BYTES", "shape": [-1]}]  # Python-repr strings, as KServe
     spec = {
         Task.text_generation: ("BYTES", [-1]),
+        Task.text2text_generation: ("BYTES", [-1]),
         Task.text_embedding: ("FP64", [-1, -1]),
         Task.sequence_classification: ("INT64", [-1]),
         Task.token_classification: ("INT64", [-1, 1, -1]),

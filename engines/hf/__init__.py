@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from engines.hf.encoder import HFEncoderEngine
 from engines.hf.engine import HFEngine
+from engines.hf.seq2seq import HFSeq2SeqEngine
 from engines.loader import ModelSpec, load_model
 from engines.tasks import Task
 
@@ -17,9 +18,11 @@ def load_engine(
     kv_cache_memory_gb: float = 4.0,
     encoder_batch_wait_ms: float = 5.0,
     encoder_max_batch: int = 64,
-) -> HFEngine | HFEncoderEngine:
+) -> HFEngine | HFEncoderEngine | HFSeq2SeqEngine:
     """Load the model and wrap it in the engine its task needs (blocking: seconds)."""
     loaded = load_model(spec)
+    if loaded.task is Task.text2text_generation:
+        return HFSeq2SeqEngine(loaded, served_name=served_name)
     if loaded.task is not Task.text_generation:
         return HFEncoderEngine(
             loaded, served_name=served_name, batch_wait_ms=encoder_batch_wait_ms, max_batch=encoder_max_batch,
@@ -32,4 +35,4 @@ def load_engine(
     return engine
 
 
-__all__ = ["HFEncoderEngine", "HFEngine", "load_engine"]
+__all__ = ["HFEncoderEngine", "HFEngine", "HFSeq2SeqEngine", "load_engine"]

@@ -53,7 +53,7 @@ class ServiceBase:
     def require_task(self, task: Task) -> None:
         """A request the served model cannot answer at all is the client's mistake: 400."""
         caps = self.engine.capabilities
-        if task in caps.tasks:
+        if task in caps.tasks or (task is Task.text_generation and Task.text2text_generation in caps.tasks):
             return
         served = ", ".join(sorted(t.value for t in caps.tasks))
         if task is Task.text_generation and Task.text_embedding in caps.tasks:
