@@ -342,8 +342,11 @@ def resolve_task(requested: str | None, config: Any, *, sentence_transformer: bo
 # -- loading -----------------------------------------------------------------------------------
 
 
-def load_model(spec: ModelSpec) -> LoadedModel:
-    """Resolve, then load tokenizer and weights for the model's task. Heavy: call off the loop."""
+def load_model(spec: ModelSpec, *, weights: bool = True) -> LoadedModel:
+    """Resolve, then load tokenizer and weights for the model's task. Heavy: call off the loop.
+
+    `weights=False` loads only config and tokenizer (KServe's transformer mode, where a remote
+    predictor runs the model)."""
     from transformers import (
         AutoConfig,
         AutoModel,
@@ -376,6 +379,12 @@ def load_model(spec: ModelSpec) -> LoadedModel:
         tokenizer.padding_side = "left"  # decoder-only: pad on the left when batching
         if tokenizer.pad_token is None and tokenizer.eos_token is not None:
             tokenizer.pad_token = tokenizer.eos_token
+    if not weights:
+        return LoadedModel(
+            model=None, hf_tokenizer=tokenizer, config=config, task=task, dtype=dtype, device=device,
+            max_model_len=max_model_len, root=source.root,
+            pooling=read_pooling(source.location) if task is Task.text_embedding else None,
+        )
     model_class = {
         Task.text_generation: AutoModelForCausalLM,
         Task.text2text_generation: AutoModelForSeq2SeqLM,

@@ -62,6 +62,8 @@ def build_engine(settings: Settings) -> Engine:
         raise StartupError("Backend is set to 'vllm' but vLLM is not available in this build; use --backend auto or huggingface.")
     from engines.hf import load_engine
 
+    if settings.predictor_host:
+        return build_predictor_engine(settings)
     log.info("Engine: transformers (backend=%s)", settings.backend)
     try:
         return load_engine(
@@ -75,6 +77,34 @@ def build_engine(settings: Settings) -> Engine:
         )
     except (ModelNotFoundError, ValueError, OSError) as exc:
         raise StartupError(str(exc)) from None
+
+
+def build_predictor_engine(settings: Settings) -> Engine:
+    """KServe transformer mode: only the tokenizer and config here, the model on the predictor."""
+    from compat.kserve.transformer import PredictorConfig, PredictorEngine
+    from engines.loader import load_model
+    from engines.tasks import ENCODER_TASKS
+
+    try:
+        loaded = load_model(model_spec(settings), weights=False)
+    except (ModelNotFoundError, ValueError, OSError) as exc:
+        raise StartupError(str(exc)) from None
+    if loaded.task not in ENCODER_TASKS:
+        raise StartupError(f"Transformer mode (--predictor_host) serves encoder tasks only, not {loaded.task.value}.")
+    names = tuple(n.strip() for n in (settings.tensor_input_names or "").split(",") if n.strip())
+    config = PredictorConfig(
+        host=settings.predictor_host or "",
+        model_name=settings.model_name,
+        protocol=settings.predictor_protocol,
+        use_ssl=settings.predictor_use_ssl,
+        timeout_s=float(settings.predictor_request_timeout_seconds),
+        retries=settings.predictor_request_retries,
+        tensor_input_names=names,
+        return_token_type_ids=settings.return_token_type_ids,
+        health_check=settings.enable_predictor_health_check,
+    )
+    log.info("Engine: transformer mode, predictor %s over %s", config.host, config.protocol)
+    return PredictorEngine(loaded, served_name=settings.model_name, predictor=config)
 
 
 def openai_config(settings: Settings) -> OpenAIConfig:

@@ -53,6 +53,15 @@ class Settings:
     return_probabilities: bool = field(default=False, **_flag("Classification and fill-mask answer with softmax probabilities instead of the argmax."))
     return_raw_logits: bool = field(default=False, **_flag("Classification and fill-mask answer with raw logits instead of the argmax."))
     disable_special_tokens: bool = field(default=False, **_flag("Tokenize KServe v1/v2 inputs without special tokens ([CLS], [SEP], ...)."))
+    # -- KServe transformer mode ---------------------------------------------------------------
+    predictor_host: str | None = field(default=None, **_flag("Transformer mode: tokenize here, run the model on this predictor (host:port), post-process here."))
+    predictor_protocol: str = field(default="v1", **_flag("Protocol to call the predictor with.", choices=("v1", "v2", "grpc-v2")))
+    predictor_use_ssl: bool = field(default=False, **_flag("Call the predictor over TLS."))
+    predictor_request_timeout_seconds: int = field(default=600, **_flag("Timeout of one predictor call."))
+    predictor_request_retries: int = field(default=0, **_flag("Retries of a failed predictor call."))
+    enable_predictor_health_check: bool = field(default=False, **_flag("Readiness also asks the predictor."))
+    tensor_input_names: str | None = field(default=None, **_flag("Comma list of tokenizer outputs sent to the predictor (default: input_ids, attention_mask)."))
+    return_token_type_ids: bool = field(default=False, **_flag("Also send token_type_ids to the predictor."))
     # -- server ------------------------------------------------------------------------------
     host: str = field(default="0.0.0.0", **_flag("Address to listen on."))
     http_port: int = field(default=8080, **_flag("HTTP port (OpenAI and KServe REST)."))
