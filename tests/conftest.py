@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import socket
+import sys
 import threading
 import time
 from collections.abc import Iterator
@@ -21,6 +22,9 @@ import pytest
 
 from engines.hf import HFEngine
 from engines.loader import ModelSpec, resolve_source
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "scripts"))
+from make_tiny_models import HEADS, build_bert, build_t5  # noqa: E402
 
 # ChatML plus a template-level error, so tests can check that template failures are 400s.
 TINY_CHAT_TEMPLATE = (
@@ -164,39 +168,10 @@ def minilm_client(minilm_engine) -> openai.AsyncOpenAI:
     return openai.AsyncOpenAI(base_url="http://test/openai/v1", api_key="x", http_client=http, max_retries=0)
 
 
-ENCODER_HEADS = {
-    "fill_mask": "BertForMaskedLM",
-    "sequence_classification": "BertForSequenceClassification",
-    "token_classification": "BertForTokenClassification",
-}
-
-
 @pytest.fixture(scope="session")
 def tiny_bert_dirs(tmp_path_factory: pytest.TempPathFactory, minilm_dir: Path) -> dict[str, Path]:
     """Tiny seeded random BERTs with a real WordPiece tokenizer, one per encoder head."""
-    import torch
-    import transformers
-    from transformers import AutoTokenizer, BertConfig
-
-    tokenizer = AutoTokenizer.from_pretrained(minilm_dir)
-    labels = {
-        "sequence_classification": ["negative", "neutral", "positive"],
-        "token_classification": ["O", "B-PER", "I-PER", "B-LOC", "I-LOC"],
-    }
-    dirs = {}
-    for task, arch in ENCODER_HEADS.items():
-        out = tmp_path_factory.mktemp(f"tiny-bert-{task}")
-        names = labels.get(task, [])
-        config = BertConfig(
-            vocab_size=len(tokenizer), hidden_size=32, num_hidden_layers=2, num_attention_heads=2,
-            intermediate_size=64, max_position_embeddings=128, architectures=[arch],
-            **({"id2label": dict(enumerate(names)), "label2id": {n: i for i, n in enumerate(names)}} if names else {}),
-        )
-        torch.manual_seed(1)
-        getattr(transformers, arch)(config).save_pretrained(out)
-        tokenizer.save_pretrained(out)
-        dirs[task] = out
-    return dirs
+    return {task: build_bert(tmp_path_factory.mktemp(f"tiny-bert-{task}"), task, minilm_dir) for task in HEADS}
 
 
 @pytest.fixture(scope="session")
@@ -214,21 +189,7 @@ def encoder_engines(tiny_bert_dirs):
 @pytest.fixture(scope="session")
 def tiny_t5_dir(tmp_path_factory: pytest.TempPathFactory, minilm_dir: Path) -> Path:
     """A tiny seeded random T5 with a real WordPiece tokenizer ([SEP] as end of sequence)."""
-    import torch
-    from transformers import AutoTokenizer, T5Config, T5ForConditionalGeneration
-
-    out = tmp_path_factory.mktemp("tiny-t5")
-    tokenizer = AutoTokenizer.from_pretrained(minilm_dir)
-    tokenizer.eos_token = "[SEP]"
-    tokenizer.save_pretrained(out)
-    config = T5Config(
-        vocab_size=len(tokenizer), d_model=32, d_kv=8, d_ff=64, num_layers=2, num_heads=2,
-        decoder_start_token_id=tokenizer.pad_token_id, pad_token_id=tokenizer.pad_token_id,
-        eos_token_id=tokenizer.eos_token_id, n_positions=256, architectures=["T5ForConditionalGeneration"],
-    )
-    torch.manual_seed(2)
-    T5ForConditionalGeneration(config).save_pretrained(out)
-    return out
+    return build_t5(tmp_path_factory.mktemp("tiny-t5"), minilm_dir)
 
 
 @pytest.fixture(scope="session")
