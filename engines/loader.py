@@ -18,7 +18,7 @@ from typing import Any
 
 import torch
 
-from engines.tasks import SUPPORTED_TASKS, Task, infer_task, parse_task
+from engines.tasks import ENCODER_TASKS, SUPPORTED_TASKS, Task, infer_task, parse_task
 
 log = logging.getLogger(__name__)
 
@@ -57,6 +57,7 @@ class ModelSpec:
     max_model_len: int | None = None
     task: str | None = None
     cache_dir: str | None = None  # where converted GGUF models are kept
+    do_lower_case: bool | None = None  # encoder tokenizers: KServe lower-cases unless told not to
 
 
 @dataclass(frozen=True)
@@ -372,8 +373,11 @@ def load_model(spec: ModelSpec, *, weights: bool = True) -> LoadedModel:
     kind = "generative" if task in (Task.text_generation, Task.text2text_generation) else "encoder"
     log.info("Loading %s model for task '%s' in %s from %s", kind, task.value, dtype, source.location)
 
+    tokenizer_kwargs: dict[str, Any] = dict(common)
+    if task in ENCODER_TASKS and spec.do_lower_case is not None:
+        tokenizer_kwargs["do_lower_case"] = spec.do_lower_case
     tokenizer = AutoTokenizer.from_pretrained(
-        source.location, revision=spec.tokenizer_revision or source.revision, **common
+        source.location, revision=spec.tokenizer_revision or source.revision, **tokenizer_kwargs
     )
     if generative:
         tokenizer.padding_side = "left"  # decoder-only: pad on the left when batching

@@ -33,6 +33,13 @@ class Tokenizer:
     def decode(self, ids: Sequence[int], *, skip_special_tokens: bool = True) -> str:
         return self.hf.decode(list(ids), skip_special_tokens=skip_special_tokens)
 
+    def offsets(self, text: str, *, add_special_tokens: bool = True) -> list[tuple[int, int]]:
+        """Character span of every token (fast tokenizers only; special tokens get (0, 0))."""
+        if not getattr(self.hf, "is_fast", False):
+            raise EngineError(ErrorCode.UNSUPPORTED, "Offsets need a fast tokenizer; this model has a slow one.")
+        spans = self.hf(text, add_special_tokens=add_special_tokens, return_offsets_mapping=True)["offset_mapping"]
+        return [(int(a), int(b)) for a, b in spans]
+
     def convert_ids_to_tokens(self, ids: Sequence[int]) -> list[str]:
         return list(self.hf.convert_ids_to_tokens(list(ids)))
 

@@ -53,6 +53,7 @@ def model_spec(settings: Settings) -> ModelSpec:
         max_model_len=settings.max_model_len,
         task=settings.task,
         cache_dir=settings.cache_dir,
+        do_lower_case=not settings.disable_lower_case,
     )
 
 
@@ -184,6 +185,7 @@ def create_app(settings: Settings, engine: Engine) -> FastAPI:
             return_probabilities=settings.return_probabilities,
             return_raw_logits=settings.return_raw_logits,
             add_special_tokens=not settings.disable_special_tokens,
+            return_offsets_mapping=settings.return_offsets_mapping,
         ),
     )
 

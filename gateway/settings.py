@@ -53,6 +53,8 @@ class Settings:
     return_probabilities: bool = field(default=False, **_flag("Classification and fill-mask answer with softmax probabilities instead of the argmax."))
     return_raw_logits: bool = field(default=False, **_flag("Classification and fill-mask answer with raw logits instead of the argmax."))
     disable_special_tokens: bool = field(default=False, **_flag("Tokenize KServe v1/v2 inputs without special tokens ([CLS], [SEP], ...)."))
+    disable_lower_case: bool = field(default=False, **_flag("Do not lower-case text for encoder models (KServe lower-cases by default, even for cased models)."))
+    return_offsets_mapping: bool = field(default=False, **_flag("Token classification also returns each token's character offsets (output `offset_mapping`)."))
     # -- KServe transformer mode ---------------------------------------------------------------
     predictor_host: str | None = field(default=None, **_flag("Transformer mode: tokenize here, run the model on this predictor (host:port), post-process here."))
     predictor_protocol: str = field(default="v1", **_flag("Protocol to call the predictor with.", choices=("v1", "v2", "grpc-v2")))

@@ -206,3 +206,30 @@ async def test_binary_tensor_extension(encoder_engines):
     assert "data" not in out and out["parameters"]["binary_data_size"] == 16
     assert list(struct.unpack("<2q", r.content[length:])) == json_answer["predictions"]
     assert bad.status_code == 400 and "binary" in bad.json()["error"]
+
+
+async def test_return_offsets_mapping(encoder_engines):
+    engine = encoder_engines["token_classification"]
+    text = "Paris is lovely."
+    async with options_client(engine, return_offsets_mapping=True) as http:
+        v1, v2 = await both(http, "token_classification", [text, "Hi"])
+    spans = engine.tokenizer.hf(text, return_offsets_mapping=True)["offset_mapping"]
+    (v1_offsets,) = v1["outputs"]
+    assert v1_offsets["name"] == "offset_mapping" and v1_offsets["datatype"] == "INT64"
+    width = len(spans)
+    assert v1_offsets["shape"] == [2, width, 2]
+    assert v1_offsets["data"][: 2 * width] == [x for span in spans for x in span]
+    assert [o["name"] for o in v2["outputs"]] == ["output-0", "offset_mapping"]
+    words = [text[a:b] for a, b in spans if b > a]
+    assert words == ["Paris", "is", "lovely", "."]
+
+
+async def test_lower_casing_follows_kserve(tiny_bert_dirs):
+    from engines.hf import load_engine
+    from engines.loader import ModelSpec
+
+    model_dir = str(tiny_bert_dirs["token_classification"])
+    lowered = load_engine(ModelSpec(model_dir=model_dir, do_lower_case=True), served_name="a")
+    kept = load_engine(ModelSpec(model_dir=model_dir, do_lower_case=False), served_name="b")
+    assert lowered.tokenizer.encode("Berlin") == lowered.tokenizer.encode("berlin")
+    assert kept.tokenizer.encode("Berlin") != kept.tokenizer.encode("berlin")

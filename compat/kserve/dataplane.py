@@ -61,7 +61,10 @@ class DataPlane:
             result = await predict(self.engine, texts, body.get("parameters"), self.options)
         except EngineError as exc:
             raise KServeError.from_engine(exc) from None
-        return {"predictions": result.v1}
+        body_out: dict[str, Any] = {"predictions": result.v1}
+        if result.v1_outputs:
+            body_out["outputs"] = result.v1_outputs  # KServe puts offset_mapping next to predictions
+        return body_out
 
     async def infer_v2(self, name: str, body: Any, request_id: str | None = None) -> dict[str, Any]:
         self._model(name)

@@ -31,12 +31,14 @@ class KServeOptions:
     return_probabilities: bool = False  # softmax, rounded to 4 decimals
     return_raw_logits: bool = False
     add_special_tokens: bool = True  # --disable_special_tokens turns it off
+    return_offsets_mapping: bool = False  # token classification: character spans as a second output
 
 
 @dataclass
 class Prediction:
     v1: list[Any]  # one prediction per instance
     v2: list[dict[str, Any]]  # output tensors
+    v1_outputs: list[dict[str, Any]] | None = None  # extra tensors next to v1 predictions (offsets)
 
 
 def _argmax(values: Any) -> int:
@@ -124,7 +126,21 @@ async def predict(
         rows = [[_argmax(token) for token in r.logits] for r in token_results]
         width = max(len(r) for r in rows)
         padded = [[row + [-1] * (width - len(row))] for row in rows]
-        return Prediction([[row] for row in rows], [tensor(OUTPUT, "INT64", padded)])
+        prediction = Prediction([[row] for row in rows], [tensor(OUTPUT, "INT64", padded)])
+        if options.return_offsets_mapping:
+            limit = engine.capabilities.max_model_len
+
+            def spans() -> list[list[list[int]]]:
+                out = []
+                for text in texts:
+                    pairs = [list(p) for p in engine.tokenizer.offsets(text, add_special_tokens=options.add_special_tokens)[:limit]]
+                    out.append(pairs + [[-1, -1]] * (width - len(pairs)))
+                return out
+
+            offsets = tensor("offset_mapping", "INT64", await asyncio.to_thread(spans))
+            prediction.v2.append(offsets)
+            prediction.v1_outputs = [offsets]
+        return prediction
     if task is Task.fill_mask:
         masks = await engine.fill_mask(ids, ctx)
         if dict_form:
