@@ -233,3 +233,12 @@ async def test_lower_casing_follows_kserve(tiny_bert_dirs):
     kept = load_engine(ModelSpec(model_dir=model_dir, do_lower_case=False), served_name="b")
     assert lowered.tokenizer.encode("Berlin") == lowered.tokenizer.encode("berlin")
     assert kept.tokenizer.encode("Berlin") != kept.tokenizer.encode("berlin")
+
+
+async def test_repository_routes(encoder_engines):
+    async with client_for(encoder_engines["sequence_classification"]) as http:
+        assert (await http.post("/v2/repository/models/sequence_classification/load")).json() == {"name": "sequence_classification", "load": True}
+        assert (await http.post("/v2/repository/models/nope/load")).status_code == 404
+        r = await http.post("/v2/repository/models/sequence_classification/unload")
+        assert r.status_code == 501 and "not supported" in r.json()["error"]
+        assert (await http.get("/v2/models/sequence_classification/ready")).status_code == 200

@@ -56,6 +56,17 @@ def build_v2_router(plane: DataPlane) -> APIRouter:
         payload, length = encode_binary_response(response, which)
         return Response(payload, media_type="application/octet-stream", headers={BINARY_HEADER: str(length)})
 
+    @router.post("/v2/repository/models/{name}/load")
+    async def repository_load(name: str) -> Response:
+        await plane.model_ready(name)  # the one model is loaded at start; 404 for any other
+        return JSON({"name": name, "load": True})
+
+    @router.post("/v2/repository/models/{name}/unload")
+    async def repository_unload(name: str) -> Response:
+        plane.model_metadata(name)  # 404 for unknown names
+        # KServe really unloads (unauthenticated) and leaves a server with nothing to serve.
+        raise KServeError(501, "Unloading the only model of this server is not supported.")
+
     @router.get("/v2/models/{name}/versions/{version}", include_in_schema=False)
     @router.get("/v2/models/{name}/versions/{version}/ready", include_in_schema=False)
     @router.post("/v2/models/{name}/versions/{version}/infer", include_in_schema=False)
