@@ -186,6 +186,9 @@ def create_app(settings: Settings, engine: Engine) -> FastAPI:
             return_raw_logits=settings.return_raw_logits,
             add_special_tokens=not settings.disable_special_tokens,
             return_offsets_mapping=settings.return_offsets_mapping,
+            return_label_names=settings.return_label_names,
+            scores_as_numbers=settings.scores_as_numbers,
+            fill_mask_top_k=settings.fill_mask_top_k,
         ),
     )
 

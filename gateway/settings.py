@@ -55,6 +55,9 @@ class Settings:
     disable_special_tokens: bool = field(default=False, **_flag("Tokenize KServe v1/v2 inputs without special tokens ([CLS], [SEP], ...)."))
     disable_lower_case: bool = field(default=False, **_flag("Do not lower-case text for encoder models (KServe lower-cases by default, even for cased models)."))
     return_offsets_mapping: bool = field(default=False, **_flag("Token classification also returns each token's character offsets (output `offset_mapping`)."))
+    return_label_names: bool = field(default=False, **_flag("Beyond KServe: classification also returns the id2label names (output `label_names`)."))
+    scores_as_numbers: bool = field(default=False, **_flag("Beyond KServe: with --return_probabilities/--return_raw_logits, v2 scores are FP64 tensors, not Python-repr strings."))
+    fill_mask_top_k: int = field(default=0, **_flag("Beyond KServe: fill-mask answers the k best tokens with scores instead of the argmax (0 = off)."))
     # -- KServe transformer mode ---------------------------------------------------------------
     predictor_host: str | None = field(default=None, **_flag("Transformer mode: tokenize here, run the model on this predictor (host:port), post-process here."))
     predictor_protocol: str = field(default="v1", **_flag("Protocol to call the predictor with.", choices=("v1", "v2", "grpc-v2")))

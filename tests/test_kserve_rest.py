@@ -242,3 +242,30 @@ async def test_repository_routes(encoder_engines):
         r = await http.post("/v2/repository/models/sequence_classification/unload")
         assert r.status_code == 501 and "not supported" in r.json()["error"]
         assert (await http.get("/v2/models/sequence_classification/ready")).status_code == 200
+
+
+async def test_beyond_kserve_flags(encoder_engines, tiny_bert_dirs):
+    clf = encoder_engines["sequence_classification"]
+    async with options_client(clf, return_label_names=True) as http:
+        v1, v2 = await both(http, "sequence_classification", SENTENCES)
+    names = ["negative", "neutral", "positive"]
+    assert v1["outputs"][0]["data"] == [names[i] for i in v1["predictions"]]
+    assert [o["name"] for o in v2["outputs"]] == ["output-0", "label_names"]
+    async with options_client(clf, return_probabilities=True, scores_as_numbers=True) as http:
+        v1, v2 = await both(http, "sequence_classification", SENTENCES)
+    (out,) = v2["outputs"]
+    assert out["datatype"] == "FP64" and out["shape"] == [2, 3]
+    assert out["data"][:3] == [v1["predictions"][0][str(j)] for j in range(3)]
+    mlm = encoder_engines["fill_mask"]
+    async with options_client(mlm, fill_mask_top_k=3) as http:
+        v1, _ = await both(http, "fill_mask", MASKED[:1])
+    ((top,),) = v1["predictions"]
+    assert len(top) == 3 and top[0]["score"] >= top[1]["score"] >= top[2]["score"]
+    ids, logits = reference_logits(tiny_bert_dirs["fill_mask"], "BertForMaskedLM", MASKED[:1])[0]
+    position = (ids == mlm.tokenizer.hf.mask_token_id).nonzero().flatten().tolist()[0]
+    assert top[0]["token_id"] == int(logits[position].argmax())
+    ner = encoder_engines["token_classification"]
+    async with options_client(ner, return_label_names=True) as http:
+        v1, _ = await both(http, "token_classification", SENTENCES[:1])
+    labels = ["O", "B-PER", "I-PER", "B-LOC", "I-LOC"]
+    assert v1["outputs"][0]["data"] == [labels[i] for i in v1["predictions"][0][0]]

@@ -16,6 +16,8 @@ import uuid
 from dataclasses import dataclass
 from typing import Any
 
+import orjson
+
 from compat.kserve.codecs import tensor
 from compat.kserve.errors import invalid_input
 from engines import Engine, GenerationParams, RequestContext
@@ -32,6 +34,10 @@ class KServeOptions:
     return_raw_logits: bool = False
     add_special_tokens: bool = True  # --disable_special_tokens turns it off
     return_offsets_mapping: bool = False  # token classification: character spans as a second output
+    # Beyond KServe, opt-in because they change the wire:
+    return_label_names: bool = False  # id2label names as an extra `label_names` tensor
+    scores_as_numbers: bool = False  # v2 scores as FP64 tensors instead of Python-repr strings
+    fill_mask_top_k: int = 0  # fill-mask scores for the k best tokens instead of the whole vocabulary
 
 
 @dataclass
@@ -115,18 +121,36 @@ async def predict(
         results = await engine.classify(ids, ctx)
         if dict_form:
             scored = [_scores(r.logits, options) for r in results]
+            if options.scores_as_numbers:
+                matrix = [[d[j] for j in sorted(d)] for d in scored]  # type: ignore[union-attr]
+                return Prediction(scored, [tensor(OUTPUT, "FP64", matrix)])
             return Prediction(scored, [_repr_tensor(scored)])
         classes = [_argmax(r.logits) for r in results]
-        return Prediction(classes, [tensor(OUTPUT, "INT64", classes)])
+        prediction = Prediction(classes, [tensor(OUTPUT, "INT64", classes)])
+        if options.return_label_names:
+            names = tensor("label_names", "BYTES", [results[i].labels[c] for i, c in enumerate(classes)])
+            prediction.v2.append(names)
+            prediction.v1_outputs = [names]
+        return prediction
     if task is Task.token_classification:
         token_results = await engine.classify_tokens(ids, ctx)
         if dict_form:
             per_token = [[_scores(t, options) for t in r.logits] for r in token_results]
+            if options.scores_as_numbers:
+                width = max(len(r) for r in per_token)
+                labels = len(token_results[0].labels) or len(token_results[0].logits[0])
+                cube = [[[d[j] for j in sorted(d)] for d in r] + [[0.0] * labels] * (width - len(r)) for r in per_token]  # type: ignore[union-attr]
+                return Prediction(per_token, [tensor(OUTPUT, "FP64", cube)])
             return Prediction(per_token, [_repr_tensor(per_token)])
         rows = [[_argmax(token) for token in r.logits] for r in token_results]
         width = max(len(r) for r in rows)
         padded = [[row + [-1] * (width - len(row))] for row in rows]
         prediction = Prediction([[row] for row in rows], [tensor(OUTPUT, "INT64", padded)])
+        if options.return_label_names:
+            label_rows = [[[r.labels[c] for c in row] + [""] * (width - len(row))] for r, row in zip(token_results, rows)]
+            names = tensor("label_names", "BYTES", label_rows)
+            prediction.v2.append(names)
+            prediction.v1_outputs = [names]
         if options.return_offsets_mapping:
             limit = engine.capabilities.max_model_len
 
@@ -143,12 +167,24 @@ async def predict(
         return prediction
     if task is Task.fill_mask:
         masks = await engine.fill_mask(ids, ctx)
+        if options.fill_mask_top_k > 0:
+            tok = engine.tokenizer
+
+            def best(logits: Any) -> list[dict[str, Any]]:
+                probs = _softmax(logits)
+                order = sorted(range(len(probs)), key=probs.__getitem__, reverse=True)[: options.fill_mask_top_k]
+                return [{"token_id": j, "token": tok.decode([j]), "score": probs[j]} for j in order]
+
+            ranked = [[best(logits) for logits in r.logits] for r in masks]
+            return Prediction(ranked, [tensor(OUTPUT, "BYTES", [orjson.dumps(x).decode() for x in ranked])])
         if dict_form:
             # Per mask, KServe lists the whole vocabulary: [{token_id: score}, ...]; probabilities
             # are 4-decimal strings there.
             def vocab(logits: Any) -> list[dict[int, Any]]:
                 if options.return_raw_logits:
                     return [{j: float(x)} for j, x in enumerate(logits)]
+                if options.scores_as_numbers:
+                    return [{j: float(f"{p:.4f}")} for j, p in enumerate(_softmax(logits))]
                 return [{j: f"{p:.4f}"} for j, p in enumerate(_softmax(logits))]
 
             listed = [[vocab(logits) for logits in r.logits] for r in masks]
@@ -162,7 +198,12 @@ async def predict(
 def output_metadata(task: Task, options: KServeOptions = KServeOptions()) -> list[dict[str, Any]]:
     """v2 model metadata that actually describes the tensors (KServe's lists are always empty)."""
     scored = task in (Task.sequence_classification, Task.token_classification, Task.fill_mask)
+    if task is Task.fill_mask and options.fill_mask_top_k > 0:
+        return [{"name": OUTPUT, "datatype": "BYTES", "shape": [-1]}]  # JSON strings of the top-k lists
     if scored and (options.return_probabilities or options.return_raw_logits):
+        if options.scores_as_numbers and task is not Task.fill_mask:
+            shape = [-1, -1] if task is Task.sequence_classification else [-1, -1, -1]
+            return [{"name": OUTPUT, "datatype": "FP64", "shape": shape}]
         return [{"name": OUTPUT, "datatype": "BYTES", "shape": [-1]}]  # Python-repr strings, as KServe
     spec = {
         Task.text_generation: ("BYTES", [-1]),
