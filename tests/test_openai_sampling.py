@@ -3,7 +3,6 @@ on the tiny model through the official SDK."""
 
 import math
 
-import pytest
 
 from tests.helpers import sse_events
 

@@ -2,7 +2,6 @@
 REST predictors are mocked at the HTTP layer with respx, answering with the real tiny model's
 logits; the gRPC predictor is a real server on loopback running the same model."""
 
-import asyncio
 
 import grpc
 import httpx

@@ -4,9 +4,19 @@ from __future__ import annotations
 
 from typing import Any
 
+from collections.abc import Sequence
+
+from engines.errors import EngineError, ErrorCode
 from engines.loader import LoadedModel
 from engines.tokenizer import Tokenizer
-from engines.types import Capabilities
+from engines.types import (
+    Capabilities,
+    ClassificationResult,
+    EmbeddingResult,
+    FillMaskResult,
+    RequestContext,
+    TokenClassificationResult,
+)
 
 
 class LoadedEngine:
@@ -34,3 +44,30 @@ class LoadedEngine:
     @property
     def tokenizer(self) -> Tokenizer:
         return self._tokenizer
+
+
+class GenerativeOnly:
+    """The encoder half of the Engine protocol for engines that only generate: each is a 400."""
+
+    _capabilities: Capabilities
+    kind = "generates text"
+
+    def _not_an_encoder(self, what: str) -> EngineError:
+        return EngineError(
+            ErrorCode.UNSUPPORTED,
+            f"The model `{self._capabilities.model_name}` {self.kind}; it does not serve {what}.",
+            param="model",
+            reason="unsupported_model",
+        )
+
+    async def embed(self, inputs: Sequence[Sequence[int]], ctx: RequestContext) -> list[EmbeddingResult]:
+        raise self._not_an_encoder("embeddings")
+
+    async def classify(self, inputs: Sequence[Sequence[int]], ctx: RequestContext) -> list[ClassificationResult]:
+        raise self._not_an_encoder("sequence classification")
+
+    async def classify_tokens(self, inputs: Sequence[Sequence[int]], ctx: RequestContext) -> list[TokenClassificationResult]:
+        raise self._not_an_encoder("token classification")
+
+    async def fill_mask(self, inputs: Sequence[Sequence[int]], ctx: RequestContext) -> list[FillMaskResult]:
+        raise self._not_an_encoder("fill-mask")

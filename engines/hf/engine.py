@@ -9,19 +9,15 @@ import torch
 from collections.abc import AsyncIterator, Sequence
 
 from engines.errors import EngineError, ErrorCode
-from engines.hf.base import LoadedEngine
+from engines.hf.base import GenerativeOnly, LoadedEngine
 from engines.hf.scheduler import GenerationScheduler, SchedulerLimits
 from engines.hf.scheduler import Sequence as SchedSequence
 from engines.loader import LoadedModel, ModelSpec, load_model
 from engines.structured import GrammarCompiler
 from engines.types import (
-    ClassificationResult,
-    EmbeddingResult,
-    FillMaskResult,
     GenerationDelta,
     GenerationParams,
     RequestContext,
-    TokenClassificationResult,
 )
 
 log = logging.getLogger(__name__)
@@ -37,7 +33,7 @@ def context_length_message(max_model_len: int, prompt_tokens: int, max_tokens: i
     )
 
 
-class HFEngine(LoadedEngine):
+class HFEngine(GenerativeOnly, LoadedEngine):
     def __init__(self, loaded: LoadedModel, *, served_name: str, limits: SchedulerLimits | None = None) -> None:
         super().__init__(loaded, served_name=served_name)
         # Logits have the model's vocabulary size, which may exceed the tokenizer's.
@@ -87,26 +83,6 @@ class HFEngine(LoadedEngine):
 
     async def abort(self, request_id: str) -> None:
         self._scheduler.abort(request_id)
-
-    def _not_an_encoder(self, what: str) -> EngineError:
-        return EngineError(
-            ErrorCode.UNSUPPORTED,
-            f"The model `{self._capabilities.model_name}` generates text; it does not serve {what}.",
-            param="model",
-            reason="unsupported_model",
-        )
-
-    async def embed(self, inputs: Sequence[Sequence[int]], ctx: RequestContext) -> list[EmbeddingResult]:
-        raise self._not_an_encoder("embeddings")
-
-    async def classify(self, inputs: Sequence[Sequence[int]], ctx: RequestContext) -> list[ClassificationResult]:
-        raise self._not_an_encoder("sequence classification")
-
-    async def classify_tokens(self, inputs: Sequence[Sequence[int]], ctx: RequestContext) -> list[TokenClassificationResult]:
-        raise self._not_an_encoder("token classification")
-
-    async def fill_mask(self, inputs: Sequence[Sequence[int]], ctx: RequestContext) -> list[FillMaskResult]:
-        raise self._not_an_encoder("fill-mask")
 
     def validate_prompt(self, prompt_ids: Sequence[int], params: GenerationParams) -> None:
         if not prompt_ids:

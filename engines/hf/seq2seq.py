@@ -19,16 +19,12 @@ import torch
 
 from engines.detokenizer import ChoiceText
 from engines.errors import EngineError, ErrorCode
-from engines.hf.base import LoadedEngine
+from engines.hf.base import GenerativeOnly, LoadedEngine
 from engines.loader import LoadedModel
 from engines.types import (
-    ClassificationResult,
-    EmbeddingResult,
-    FillMaskResult,
     GenerationDelta,
     GenerationParams,
     RequestContext,
-    TokenClassificationResult,
 )
 
 # Parameters this engine cannot honour: a request that sets them gets a 400 naming them.
@@ -103,7 +99,9 @@ class _Run:
         return torch.full((input_ids.shape[0],), stop, dtype=torch.bool, device=input_ids.device)
 
 
-class HFSeq2SeqEngine(LoadedEngine):
+class HFSeq2SeqEngine(GenerativeOnly, LoadedEngine):
+    kind = "is a text2text model"
+
     def __init__(self, loaded: LoadedModel, *, served_name: str) -> None:
         super().__init__(loaded, served_name=served_name)
         self._model = loaded.model
@@ -211,19 +209,3 @@ class HFSeq2SeqEngine(LoadedEngine):
             if not done:
                 await self.abort(ctx.request_id)
             future.add_done_callback(lambda f: f.exception())
-
-    def _not_an_encoder(self, what: str) -> EngineError:
-        return EngineError(ErrorCode.UNSUPPORTED, f"The model `{self._capabilities.model_name}` is a text2text model; "
-                           f"it does not serve {what}.", param="model", reason="unsupported_model")
-
-    async def embed(self, inputs: Sequence[Sequence[int]], ctx: RequestContext) -> list[EmbeddingResult]:
-        raise self._not_an_encoder("embeddings")
-
-    async def classify(self, inputs: Sequence[Sequence[int]], ctx: RequestContext) -> list[ClassificationResult]:
-        raise self._not_an_encoder("sequence classification")
-
-    async def classify_tokens(self, inputs: Sequence[Sequence[int]], ctx: RequestContext) -> list[TokenClassificationResult]:
-        raise self._not_an_encoder("token classification")
-
-    async def fill_mask(self, inputs: Sequence[Sequence[int]], ctx: RequestContext) -> list[FillMaskResult]:
-        raise self._not_an_encoder("fill-mask")

@@ -11,7 +11,7 @@ import re
 from dataclasses import dataclass
 from typing import Any
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict
 
 from engines.types import GenerationParams, StructuredOutput
 from gateway.openai.errors import invalid, unsupported

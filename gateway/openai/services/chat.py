@@ -9,7 +9,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from engines.tasks import Task
-from gateway.openai.errors import invalid, unsupported
+from gateway.openai.errors import invalid
 from gateway.openai.protocol import (
     CHAT_ROLES,
     ChatCompletionRequest,
