@@ -61,10 +61,10 @@ def build_engine(settings: Settings) -> Engine:
     """Pick and load the engine (blocking: seconds to minutes)."""
     if settings.backend == "vllm":
         raise StartupError("Backend is set to 'vllm' but vLLM is not available in this build; use --backend auto or huggingface.")
-    from engines.hf import load_engine
-
     if settings.predictor_host:
         return build_predictor_engine(settings)
+    from engines.hf import load_engine
+
     log.info("Engine: transformers (backend=%s)", settings.backend)
     try:
         return load_engine(
@@ -150,7 +150,8 @@ def install_error_handlers(app: FastAPI) -> None:
     @app.exception_handler(EngineError)
     async def _engine_error(request: Request, exc: EngineError) -> Response:
         if not _is_openai(request):
-            return JSONResponse(KServeError.from_engine(exc).body(), status_code=KServeError.from_engine(exc).status)
+            mapped = KServeError.from_engine(exc)
+            return JSONResponse(mapped.body(), status_code=mapped.status)
         return _openai_response(from_exception(exc))
 
     @app.exception_handler(RequestValidationError)

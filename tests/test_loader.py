@@ -1,4 +1,3 @@
-import time
 from types import SimpleNamespace
 
 import pytest
@@ -20,10 +19,12 @@ from engines.tasks import Task, infer_task
 def test_default_model_is_the_packaged_smollm2_converted_once(smollm_dir):
     assert (smollm_dir / "config.json").is_file() and (smollm_dir / "model.safetensors").is_file()
     assert (smollm_dir / "tokenizer.json").is_file()
-    start = time.monotonic()
+    weights = smollm_dir / "model.safetensors"
+    written = weights.stat().st_mtime_ns
     source = resolve_source(ModelSpec())
     assert source.root == DEFAULT_MODEL_ROOT and source.location == str(smollm_dir)
-    assert time.monotonic() - start < 5, "the converted copy must be reused, not rebuilt"
+    assert weights.stat().st_mtime_ns == written, "the converted copy must be reused, not rebuilt"
+    assert [p.name for p in smollm_dir.parent.iterdir() if p.name.startswith(".convert-")] == []
 
 
 def test_explicit_model_dir_and_model_id_win(tiny_dir):

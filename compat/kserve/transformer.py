@@ -163,9 +163,6 @@ class PredictorEngine(LoadedEngine):
         self._pooling = loaded.pooling or Pooling()
         pad = loaded.hf_tokenizer.pad_token_id
         self._pad_id = 0 if pad is None else int(pad)
-        id2label = getattr(loaded.config, "id2label", None) or {}
-        num = int(getattr(loaded.config, "num_labels", 0) or len(id2label))
-        self._labels = tuple(str(id2label.get(i, f"LABEL_{i}")) for i in range(num))
         self._served = 0
 
     async def start(self) -> None:
@@ -182,11 +179,6 @@ class PredictorEngine(LoadedEngine):
 
     async def abort(self, request_id: str) -> None:
         return None
-
-    def _require(self, task: Task) -> None:
-        if task not in self._capabilities.tasks:
-            raise EngineError(ErrorCode.UNSUPPORTED, f"This server runs {next(iter(self._capabilities.tasks)).value}, not {task.value}.",
-                              param="model", reason="unsupported_model")
 
     async def _forward(self, task: Task, inputs: Sequence[Sequence[int]]) -> tuple[torch.Tensor, torch.Tensor]:
         """Pad, send, and return (output reshaped to [batch, ...], attention mask)."""

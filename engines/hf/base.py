@@ -8,6 +8,7 @@ from collections.abc import Sequence
 
 from engines.errors import EngineError, ErrorCode
 from engines.loader import LoadedModel
+from engines.tasks import Task
 from engines.tokenizer import Tokenizer
 from engines.types import (
     Capabilities,
@@ -36,6 +37,12 @@ class LoadedEngine:
             has_chat_template=self._tokenizer.chat_template is not None,
             extra=dict(extra or {}),
         )
+        id2label = getattr(loaded.config, "id2label", None) or {}
+        count = int(getattr(loaded.config, "num_labels", 0) or len(id2label))
+        # Class names in logit order (configs saved as JSON key them by string).
+        self._labels: tuple[str, ...] = tuple(
+            str(id2label.get(i, id2label.get(str(i), f"LABEL_{i}"))) for i in range(count)
+        )
 
     @property
     def capabilities(self) -> Capabilities:
@@ -44,6 +51,17 @@ class LoadedEngine:
     @property
     def tokenizer(self) -> Tokenizer:
         return self._tokenizer
+
+    def _require(self, task: Task) -> None:
+        """A per-task method called on a model loaded for another task: the client's mistake."""
+        if task not in self._capabilities.tasks:
+            served = ", ".join(t.value for t in self._capabilities.tasks)
+            raise EngineError(
+                ErrorCode.UNSUPPORTED,
+                f"The model `{self._capabilities.model_name}` serves {served}, not {task.value}.",
+                param="model",
+                reason="unsupported_model",
+            )
 
 
 class GenerativeOnly:

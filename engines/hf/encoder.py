@@ -62,9 +62,6 @@ class HFEncoderEngine(LoadedEngine):
         )
         self._model = loaded.model
         self._pooling = pooling
-        id2label = getattr(loaded.config, "id2label", None) or {}
-        num = int(getattr(loaded.config, "num_labels", 0) or len(id2label))
-        self._labels: tuple[str, ...] = tuple(str(id2label.get(i, id2label.get(str(i), f"LABEL_{i}"))) for i in range(num))
         pad = loaded.hf_tokenizer.pad_token_id
         self._pad_id = 0 if pad is None else int(pad)
         self._executor: ThreadPoolExecutor | None = None
@@ -110,16 +107,6 @@ class HFEncoderEngine(LoadedEngine):
             reason="unsupported_model",
         )
         yield  # pragma: no cover  (makes this an async generator)
-
-    def _require(self, task: Task) -> None:
-        if task not in self._capabilities.tasks:
-            served = ", ".join(t.value for t in self._capabilities.tasks)
-            raise EngineError(
-                ErrorCode.UNSUPPORTED,
-                f"The model `{self._capabilities.model_name}` serves {served}, not {task.value}.",
-                param="model",
-                reason="unsupported_model",
-            )
 
     def _check(self, inputs: Sequence[Sequence[int]]) -> None:
         limit = self._capabilities.max_model_len
