@@ -6,7 +6,7 @@ The scheduler owns the model. Every iteration is one *step*:
    together in one left-padded forward pass; their KV rows join the running batch;
 2. for every running row, pick the next token from its pending logits with that request's own
    processors and RNG (penalties, logit_bias, constraint, seed, logprobs), turn it into text with
-   the shared `ChoiceText`, and hand the delta to the request's event loop;
+   the shared `ChoiceState`, and hand the delta to the request's event loop;
 3. drop finished, aborted and expired rows from the batch at once (their KV memory goes with them);
 4. one decode forward pass for all remaining rows gives everybody's next logits.
 
@@ -29,7 +29,8 @@ from typing import Any
 import torch
 import torch.nn.functional as F
 
-from engines.detokenizer import ChoiceText, decode_prompt_pieces
+from engines.choice import ChoiceState, output_budget
+from engines.detokenizer import decode_prompt_pieces
 from engines.errors import EngineError, ErrorCode
 from engines.sampling import SequenceSampler, top_logprobs
 from engines.structured import Constraint, GrammarCompiler
@@ -51,12 +52,10 @@ class Sequence:
     cancelled: bool = False
     generated: list[int] = field(default_factory=list)
     # Decoding state, made on first admission and kept across preemptions.
-    text: ChoiceText | None = None
+    choice: ChoiceState | None = None
     sampler: SequenceSampler | None = None
     constraint: Constraint | None = None
-    budget: int = 0
     preempted: int = 0
-    prompt_logprobs: tuple[TokenLogprob | None, ...] | None = None  # sent with the first token
 
     @property
     def context(self) -> list[int]:
@@ -362,7 +361,7 @@ class GenerationScheduler:
                 admitted.append(seq)
                 width = needed
         for seq in list(admitted):
-            if seq.text is not None:
+            if seq.choice is not None:
                 continue  # a preempted row coming back keeps its state
             try:
                 self._start(seq)
@@ -403,22 +402,22 @@ class GenerationScheduler:
         if scoring:
             seq = seqs[0]
             prompt_logprobs = self._prompt_logprobs(seq, logits[0])
-            if seq.budget <= 0:  # scoring only: the prompt's logprobs, no output
+            assert seq.choice is not None
+            seq.choice.prompt_logprobs = prompt_logprobs
+            if seq.choice.budget <= 0:  # scoring only: the prompt's logprobs, no output
                 self._retire(seq, completed=True)
-                seq.emit(GenerationDelta((), "", len(seq.prompt_ids), 0, "length", prompt_logprobs=prompt_logprobs))
+                seq.emit(seq.choice.end("length"))
                 return
-            seq.prompt_logprobs = prompt_logprobs
         self._merge(new)
 
     def _start(self, seq: Sequence) -> None:
         params = seq.params
-        seq.text = ChoiceText(
+        seq.choice = ChoiceState(
             self._tok,
             seq.prompt_ids,
-            stop=params.stop,
-            include_stop_str_in_output=params.include_stop_str_in_output,
-            skip_special_tokens=params.skip_special_tokens,
-            stops_active=params.min_tokens == 0,
+            params,
+            eos_token_ids=self._eos,
+            budget=output_budget(params, len(seq.prompt_ids), self._max_model_len),
         )
         seq.sampler = SequenceSampler(
             params,
@@ -428,8 +427,6 @@ class GenerationScheduler:
             device=self._device,
         )
         seq.constraint = self._grammars.constraint(params.structured) if params.structured else None
-        # Never run past the context window, whatever max_tokens says.
-        seq.budget = min(params.max_tokens, self._max_model_len - len(seq.prompt_ids))
 
     def _preempt_if_over_budget(self) -> None:
         """Before a decode step widens the cache: if it would not fit, send the newest rows back."""
@@ -464,62 +461,21 @@ class GenerationScheduler:
     def _advance(self, seq: Sequence, logits: torch.Tensor) -> bool:
         """Pick, record and emit this row's next token; False when the row is done."""
         params = seq.params
-        text, sampler, constraint = seq.text, seq.sampler, seq.constraint
-        assert text is not None and sampler is not None
-        count = len(seq.generated)
-        processed = sampler.process(logits, count, constraint.apply if constraint else None)
+        choice, sampler, constraint = seq.choice, seq.sampler, seq.constraint
+        assert choice is not None and sampler is not None
+        processed = sampler.process(logits, choice.count, constraint.apply if constraint else None)
         token = sampler.choose(processed)
         sampler.observe(token)
         if constraint is not None:
             constraint.advance(token)
         seq.generated.append(token)
-        count += 1
-        if count == params.min_tokens:
-            text.activate_stops()
 
         logprob = None
         if params.logprobs is not None:
             raw = torch.log_softmax(logits.float(), dim=-1)
             logprob = (float(raw[token]), self._alternatives(raw, params.logprobs))
-
-        finish: str | None = None
-        stop_reason: str | int | None = None
-        if token in params.stop_token_ids:
-            finish, stop_reason = "stop", token
-        elif token in self._eos and not params.ignore_eos:
-            finish = "stop"
-        if finish is None:
-            piece, matched, items = text.push(token, logprob)
-            if matched is not None:
-                finish, stop_reason = "stop", matched
-            elif constraint is not None and constraint.finished:
-                finish = "stop"  # the grammar is complete
-            elif count >= seq.budget:
-                finish = "length"
-        else:
-            piece, items = "", ()
-            if logprob is not None:  # EOS / stop id: no text, but its logprob is reported
-                items = (TokenLogprob(token, "", logprob[0], logprob[1]),)
-        if finish is not None and not isinstance(stop_reason, str):
-            tail, matched, more = text.finish()
-            piece, items = piece + tail, items + more
-            if matched is not None:
-                finish, stop_reason = "stop", matched
-
-        prompt_logprobs = seq.prompt_logprobs if count == 1 else None
-        delta = GenerationDelta(
-            token_ids=(token,),
-            text=piece,
-            prompt_tokens=len(seq.prompt_ids),
-            completion_tokens=count,
-            finish_reason=finish,  # type: ignore[arg-type]
-            stop_reason=stop_reason,
-            logprobs=items,
-            prompt_logprobs=prompt_logprobs,
-        )
-        if finish is not None:
+        delta = choice.step(token, logprob, grammar_done=constraint is not None and constraint.finished)
+        if choice.finished:
             self._retire(seq, completed=True)
-            seq.emit(delta)
-            return False
         seq.emit(delta)
-        return True
+        return not choice.finished
