@@ -87,6 +87,8 @@ class LoadedModel:
     root: str
     eos_token_ids: tuple[int, ...] = ()
     pooling: Pooling | None = None
+    location: str = ""  # what from_pretrained was given: a local directory or a hub id
+    revision: str | None = None
 
 
 def _read_json(path: Path) -> dict[str, Any] | list[Any] | None:
@@ -383,11 +385,12 @@ def load_model(spec: ModelSpec, *, weights: bool = True) -> LoadedModel:
         tokenizer.padding_side = "left"  # decoder-only: pad on the left when batching
         if tokenizer.pad_token is None and tokenizer.eos_token is not None:
             tokenizer.pad_token = tokenizer.eos_token
+    pooling = read_pooling(source.location) if task is Task.text_embedding else None
     if not weights:
         return LoadedModel(
             model=None, hf_tokenizer=tokenizer, config=config, task=task, dtype=dtype, device=device,
-            max_model_len=max_model_len, root=source.root,
-            pooling=read_pooling(source.location) if task is Task.text_embedding else None,
+            max_model_len=max_model_len, root=source.root, pooling=pooling,
+            eos_token_ids=generation_eos_ids(source, tokenizer, task), location=source.location, revision=source.revision,
         )
     model_class = {
         Task.text_generation: AutoModelForCausalLM,
@@ -400,15 +403,6 @@ def load_model(spec: ModelSpec, *, weights: bool = True) -> LoadedModel:
     model = model_class.from_pretrained(source.location, revision=source.revision, dtype=dtype, **common)
     model.to(device).eval()
 
-    eos: set[int] = set()
-    if task in (Task.text_generation, Task.text2text_generation):
-        gen_eos = getattr(getattr(model, "generation_config", None), "eos_token_id", None)
-        for value in gen_eos if isinstance(gen_eos, list) else [gen_eos]:
-            if isinstance(value, int):
-                eos.add(value)
-        if tokenizer.eos_token_id is not None:
-            eos.add(int(tokenizer.eos_token_id))
-
     return LoadedModel(
         model=model,
         hf_tokenizer=tokenizer,
@@ -418,6 +412,29 @@ def load_model(spec: ModelSpec, *, weights: bool = True) -> LoadedModel:
         device=device,
         max_model_len=max_model_len,
         root=source.root,
-        eos_token_ids=tuple(sorted(eos)),
-        pooling=read_pooling(source.location) if task is Task.text_embedding else None,
+        eos_token_ids=generation_eos_ids(source, tokenizer, task, getattr(model, "generation_config", None)),
+        pooling=pooling,
+        location=source.location,
+        revision=source.revision,
     )
+
+
+def generation_eos_ids(source: ModelSource, tokenizer: Any, task: Task, generation_config: Any = None) -> tuple[int, ...]:
+    """Every id that ends generation: the tokenizer's EOS and the generation config's list."""
+    if task not in (Task.text_generation, Task.text2text_generation):
+        return ()
+    if generation_config is None:
+        from transformers import GenerationConfig
+
+        try:
+            generation_config = GenerationConfig.from_pretrained(source.location, revision=source.revision)
+        except (OSError, ValueError):
+            generation_config = None
+    eos: set[int] = set()
+    gen_eos = getattr(generation_config, "eos_token_id", None)
+    for value in gen_eos if isinstance(gen_eos, list) else [gen_eos]:
+        if isinstance(value, int):
+            eos.add(value)
+    if tokenizer.eos_token_id is not None:
+        eos.add(int(tokenizer.eos_token_id))
+    return tuple(sorted(eos))

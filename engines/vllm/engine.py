@@ -1,0 +1,408 @@
+"""VLLMEngine: the `Engine` protocol over vLLM's `AsyncLLM`.
+
+vLLM samples (its scheduler, paged KV cache, kernels, structured-output backends, seeds,
+penalties); we own everything a client sees. vLLM is asked for token ids only
+(`detokenize=False`, no stop strings): each id goes through the same `ChoiceState` as in the
+transformers engine, so text, stop strings, `min_tokens`, finish reasons, logprob items and usage
+are exactly those of the other engine. When a stop string ends a choice, the vLLM request is
+aborted at once.
+
+`AsyncLLM` is bound to the event loop it first runs on, and our faces run on more than one loop
+(uvicorn's, the gRPC server's, a test's). So it lives on a private event loop in its own thread,
+like the transformers engine's scheduler thread: requests cross over with
+`run_coroutine_threadsafe`, deltas come back with `call_soon_threadsafe`, and the serving loop
+never runs vLLM's output processing.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import itertools
+import logging
+import threading
+from collections.abc import AsyncIterator, Coroutine, Sequence
+from concurrent.futures import Future
+from typing import Any, TypeVar
+
+from engines.choice import ChoiceState, LogprobEntry, output_budget
+from engines.detokenizer import decode_prompt_pieces
+from engines.errors import EngineError, ErrorCode
+from engines.hf.base import LoadedEngine
+from engines.loader import LoadedModel
+from engines.structured import GrammarCompiler
+from engines.tasks import Task
+from engines.types import (
+    ClassificationResult,
+    EmbeddingResult,
+    FillMaskResult,
+    GenerationDelta,
+    GenerationParams,
+    RequestContext,
+    TokenClassificationResult,
+    TokenLogprob,
+)
+from engines.validation import validate_generation
+
+log = logging.getLogger(__name__)
+T = TypeVar("T")
+
+
+class _LoopThread:
+    """A private asyncio loop on a daemon thread."""
+
+    def __init__(self, name: str) -> None:
+        self.loop = asyncio.new_event_loop()
+        self._thread = threading.Thread(target=self._run, name=name, daemon=True)
+        self._thread.start()
+
+    def _run(self) -> None:
+        asyncio.set_event_loop(self.loop)
+        self.loop.run_forever()
+
+    def submit(self, coro: Coroutine[Any, Any, T]) -> Future[T]:
+        return asyncio.run_coroutine_threadsafe(coro, self.loop)
+
+    async def call(self, coro: Coroutine[Any, Any, T]) -> T:
+        return await asyncio.wrap_future(self.submit(coro))
+
+    def close(self) -> None:
+        if self.loop.is_running():
+            self.loop.call_soon_threadsafe(self.loop.stop)
+            self._thread.join(timeout=10)
+
+
+def _engine_error(exc: BaseException) -> EngineError:
+    """vLLM's exceptions in our neutral taxonomy."""
+    if isinstance(exc, EngineError):
+        return exc
+    from vllm.exceptions import GracefulHTTPError, VLLMClientError, VLLMNotFoundError
+    from vllm.v1.engine.exceptions import EngineDeadError
+
+    cause = exc.__cause__ or exc
+    if isinstance(exc, VLLMNotFoundError):
+        return EngineError(ErrorCode.NOT_FOUND, str(exc), param="model")
+    if isinstance(exc, VLLMClientError) or isinstance(cause, (ValueError, VLLMClientError)):
+        return EngineError(ErrorCode.INVALID_REQUEST, str(cause))
+    if isinstance(exc, GracefulHTTPError):
+        return EngineError(ErrorCode.OVERLOADED, str(exc))
+    if isinstance(exc, EngineDeadError):
+        return EngineError(ErrorCode.UNAVAILABLE, "The vLLM engine is not running.")
+    log.error("vLLM request failed: %s: %s", type(cause).__name__, cause)
+    return EngineError(ErrorCode.INTERNAL, f"The engine failed: {type(cause).__name__}")
+
+
+def _merge(deltas: list[GenerationDelta]) -> GenerationDelta:
+    """Several tokens of one vLLM step as one delta (vLLM may hand over more than one at a time)."""
+    if len(deltas) == 1:
+        return deltas[0]
+    last = deltas[-1]
+    return GenerationDelta(
+        token_ids=tuple(t for d in deltas for t in d.token_ids),
+        text="".join(d.text for d in deltas),
+        prompt_tokens=last.prompt_tokens,
+        completion_tokens=last.completion_tokens,
+        finish_reason=last.finish_reason,
+        stop_reason=last.stop_reason,
+        index=last.index,
+        logprobs=tuple(item for d in deltas for item in d.logprobs),
+        prompt_logprobs=deltas[0].prompt_logprobs,
+    )
+
+
+class VLLMEngine(LoadedEngine):
+    """Generation (decoder models) or embeddings (pooling models) on vLLM."""
+
+    def __init__(
+        self,
+        loaded: LoadedModel,
+        *,
+        served_name: str,
+        engine_args: Any,
+        lora_modules: Sequence[tuple[str, str]] = (),
+        max_num_seqs: int = 32,
+        max_waiting: int = 256,
+    ) -> None:
+        super().__init__(loaded, served_name=served_name, extra={"adapters": [name for name, _ in lora_modules]})
+        self._capabilities = type(self._capabilities)(**{**self._capabilities.__dict__, "engine": "vllm"})
+        self._engine_args = engine_args
+        self._eos = frozenset(loaded.eos_token_ids) | self._tokenizer.eos_token_ids
+        self._grammars = GrammarCompiler(loaded.hf_tokenizer, int(getattr(loaded.config, "vocab_size", 0) or self._tokenizer.vocab_size))
+        self._loras = {name: (i + 1, path) for i, (name, path) in enumerate(lora_modules)}
+        self._max_in_flight = max_num_seqs + max_waiting
+        self._llm: Any = None
+        self._thread: _LoopThread | None = None
+        self._ids = itertools.count()
+        self._internal: dict[str, set[str]] = {}  # our request id -> vLLM request ids in flight
+        self._running = 0
+        self._aborted_total = 0
+        self._completed_total = 0
+
+    # -- lifecycle ------------------------------------------------------------------------------
+
+    async def start(self) -> None:
+        if self._llm is not None:
+            return
+        self._thread = _LoopThread("vllm-engine")
+        self._llm = await self._thread.call(self._create())
+
+    async def _create(self) -> Any:
+        from vllm.usage.usage_lib import UsageContext
+        from vllm.v1.engine.async_llm import AsyncLLM
+
+        return AsyncLLM.from_engine_args(self._engine_args, usage_context=UsageContext.OPENAI_API_SERVER)
+
+    async def stop(self) -> None:
+        llm, thread = self._llm, self._thread
+        self._llm = None
+        if llm is not None:
+            await asyncio.to_thread(llm.shutdown)
+        if thread is not None:
+            thread.close()
+
+    async def check_health(self) -> bool:
+        if self._llm is None or self._thread is None or self._llm.errored:
+            return False
+        try:
+            await self._thread.call(self._llm.check_health())
+        except Exception:
+            return False
+        return True
+
+    def stats(self) -> dict[str, int]:
+        llm = self._llm
+        queued = max(0, self._running - int(self._engine_args.max_num_seqs or 0))
+        return {
+            "running": self._running - queued,
+            "waiting": queued,
+            "aborted_total": self._aborted_total,
+            "completed_total": self._completed_total,
+            "engine_unfinished": 0 if llm is None else int(llm.get_num_unfinished_requests()),
+            "saturated": int(self._running >= self._max_in_flight),
+        }
+
+    async def abort(self, request_id: str) -> None:
+        internal = self._internal.pop(request_id, set())
+        if internal and self._thread is not None and self._llm is not None:
+            self._aborted_total += 1
+            await self._thread.call(self._llm.abort(list(internal)))
+
+    # -- generation -----------------------------------------------------------------------------
+
+    def _require_llm(self) -> tuple[Any, _LoopThread]:
+        if self._llm is None or self._thread is None:
+            raise EngineError(ErrorCode.UNAVAILABLE, "The vLLM engine is not running.")
+        if self._running >= self._max_in_flight:
+            raise EngineError(ErrorCode.OVERLOADED, f"The server is at capacity ({self._max_in_flight} requests in flight); retry shortly.")
+        return self._llm, self._thread
+
+    def _lora_request(self, adapter: str | None) -> Any:
+        if adapter is None:
+            return None
+        from vllm.lora.request import LoRARequest
+
+        lora_id, path = self._loras[adapter]
+        return LoRARequest(lora_name=adapter, lora_int_id=lora_id, lora_path=path)
+
+    def _sampling_params(self, params: GenerationParams, budget: int) -> Any:
+        from vllm.sampling_params import RequestOutputKind, SamplingParams, StructuredOutputsParams
+
+        structured = None
+        if params.structured is not None:
+            kind, value = params.structured.kind, params.structured.value
+            structured = StructuredOutputsParams(
+                **({"json": value} if kind == "json_schema" else {"regex": value} if kind == "regex" else {"grammar": value})
+            )
+        return SamplingParams(
+            n=1,
+            temperature=params.temperature,
+            top_p=params.top_p,
+            top_k=params.top_k,
+            min_p=params.min_p,
+            seed=params.seed,
+            presence_penalty=params.presence_penalty,
+            frequency_penalty=params.frequency_penalty,
+            repetition_penalty=params.repetition_penalty,
+            logit_bias=dict(params.logit_bias) or None,
+            stop_token_ids=list(params.stop_token_ids),
+            ignore_eos=params.ignore_eos,
+            min_tokens=min(params.min_tokens, max(budget, 1)),
+            max_tokens=max(budget, 1),  # a scoring request (budget 0) still makes one token; it is dropped
+            logprobs=params.logprobs,
+            prompt_logprobs=params.prompt_logprobs,
+            structured_outputs=structured,
+            detokenize=False,
+            skip_special_tokens=params.skip_special_tokens,
+            output_kind=RequestOutputKind.DELTA,
+        )
+
+    async def generate(
+        self, prompt: str | Sequence[int], params: GenerationParams, ctx: RequestContext
+    ) -> AsyncIterator[GenerationDelta]:
+        self._require(Task.text_generation)
+        llm, thread = self._require_llm()
+        if isinstance(prompt, str):
+            prompt_ids = await asyncio.to_thread(self._tokenizer.encode, prompt)
+        else:
+            prompt_ids = [int(t) for t in prompt]
+        caps = self._capabilities
+        validate_generation(prompt_ids, params, vocab_size=caps.vocab_size, max_model_len=caps.max_model_len, adapters=self._loras)
+        if params.structured is not None:  # our compiler first: a bad schema is a 400 before anything runs
+            await asyncio.to_thread(self._grammars.validate, params.structured)
+        lora = self._lora_request(params.adapter)
+        budget = output_budget(params, len(prompt_ids), caps.max_model_len)
+        sampling = self._sampling_params(params, budget)
+
+        loop = asyncio.get_running_loop()
+        queue: asyncio.Queue[GenerationDelta | BaseException] = asyncio.Queue()
+
+        def emit(item: GenerationDelta | BaseException) -> None:
+            try:
+                loop.call_soon_threadsafe(queue.put_nowait, item)
+            except RuntimeError:  # the requester's loop is closed: nobody is listening
+                pass
+
+        vllm_id = f"{ctx.request_id}#{next(self._ids)}"
+        self._internal.setdefault(ctx.request_id, set()).add(vllm_id)
+        self._running += 1
+        task = thread.submit(self._run(llm, vllm_id, prompt_ids, params, budget, sampling, lora, ctx, emit))
+        done = False
+        try:
+            while True:
+                item = await queue.get()
+                if isinstance(item, BaseException):
+                    done = True
+                    raise item
+                done = item.finish_reason is not None
+                yield item
+                if done:
+                    self._completed_total += 1
+                    return
+        finally:
+            self._running -= 1
+            ids = self._internal.get(ctx.request_id)
+            if ids is not None:
+                ids.discard(vllm_id)
+                if not ids:
+                    self._internal.pop(ctx.request_id, None)
+            if not done:  # the consumer went away (disconnect, cancel): stop vLLM now
+                self._aborted_total += 1
+                task.cancel()
+                thread.submit(llm.abort(vllm_id))
+
+    async def _run(
+        self,
+        llm: Any,
+        vllm_id: str,
+        prompt_ids: list[int],
+        params: GenerationParams,
+        budget: int,
+        sampling: Any,
+        lora: Any,
+        ctx: RequestContext,
+        emit: Any,
+    ) -> None:
+        """On the engine loop: drive one vLLM request, turn its token ids into our deltas."""
+        choice = ChoiceState(self._tokenizer, prompt_ids, params, eos_token_ids=self._eos, budget=budget)
+        first = True
+        try:
+            async for out in llm.generate({"prompt_token_ids": prompt_ids}, sampling, vllm_id, lora_request=lora):
+                if first:
+                    first = False
+                    if params.prompt_logprobs is not None:
+                        choice.prompt_logprobs = self._prompt_logprobs(prompt_ids, out.prompt_logprobs, params)
+                    if budget <= 0:  # scoring only: the prompt's logprobs, no output
+                        emit(choice.end("length"))
+                        return
+                if ctx.expired():
+                    emit(EngineError(ErrorCode.UNAVAILABLE, "The request deadline was exceeded."))
+                    return
+                completion = out.outputs[0]
+                deltas = []
+                for i, token in enumerate(completion.token_ids):
+                    entry = self._logprob_entry(completion.logprobs[i], token, params.logprobs) if params.logprobs is not None and completion.logprobs else None
+                    deltas.append(choice.step(token, entry))
+                    if choice.finished:
+                        break
+                if not choice.finished and out.finished:
+                    deltas.append(choice.end("stop" if completion.finish_reason == "stop" else "length"))
+                if deltas:
+                    emit(_merge(deltas))
+                if choice.finished:
+                    return
+        except asyncio.CancelledError:
+            raise
+        except BaseException as exc:  # noqa: BLE001 - every failure reaches the requester
+            emit(_engine_error(exc))
+
+    def _logprob_entry(self, ranked: dict[int, Any], token: int, k: int) -> LogprobEntry:
+        """vLLM's {id: Logprob(logprob, rank)} for one position as (chosen logprob, top k)."""
+        top = sorted(((lp.rank, tid, lp.logprob) for tid, lp in ranked.items() if lp.rank is not None and lp.rank <= k))
+        decode = self._tokenizer.decode
+        alternatives = tuple((tid, decode([tid], skip_special_tokens=False), float(lp)) for _, tid, lp in top)
+        return float(ranked[token].logprob), alternatives
+
+    def _prompt_logprobs(self, prompt_ids: list[int], ranked: list[dict[int, Any] | None] | None, params: GenerationParams) -> tuple[TokenLogprob | None, ...]:
+        pieces = decode_prompt_pieces(self._tokenizer, prompt_ids, skip_special_tokens=params.skip_special_tokens)
+        k = params.prompt_logprobs or 0
+        out: list[TokenLogprob | None] = [None]
+        for pos in range(1, len(prompt_ids)):
+            position = ranked[pos] if ranked is not None and pos < len(ranked) else None
+            if not position:
+                out.append(None)
+                continue
+            logprob, top = self._logprob_entry(position, prompt_ids[pos], k)
+            out.append(TokenLogprob(prompt_ids[pos], pieces[pos], logprob, top))
+        return tuple(out)
+
+    # -- pooling --------------------------------------------------------------------------------
+
+    async def embed(self, inputs: Sequence[Sequence[int]], ctx: RequestContext) -> list[EmbeddingResult]:
+        self._require(Task.text_embedding)
+        llm, thread = self._require_llm()
+        limit = self._capabilities.max_model_len
+        for ids in inputs:
+            if len(ids) > limit:
+                raise EngineError(
+                    ErrorCode.CONTEXT_LENGTH_EXCEEDED,
+                    f"This model's maximum context length is {limit} tokens; an input has {len(ids)}.",
+                    param="input",
+                )
+        self._running += 1
+        try:
+            vectors = await thread.call(self._embed_all(llm, [list(map(int, ids)) for ids in inputs], ctx.request_id))
+        except EngineError:
+            raise
+        except Exception as exc:
+            raise _engine_error(exc) from None
+        finally:
+            self._running -= 1
+        return [EmbeddingResult(tuple(v), len(ids)) for v, ids in zip(vectors, inputs)]
+
+    async def _embed_all(self, llm: Any, inputs: list[list[int]], request_id: str) -> list[list[float]]:
+        from vllm.pooling_params import PoolingParams
+
+        async def one(i: int, ids: list[int]) -> list[float]:
+            final = None
+            async for out in llm.encode({"prompt_token_ids": ids}, PoolingParams(task="embed"), f"{request_id}#{i}"):
+                final = out
+            assert final is not None
+            return [float(x) for x in final.outputs.data.tolist()]
+
+        return list(await asyncio.gather(*(one(i, ids) for i, ids in enumerate(inputs))))
+
+    async def classify(self, inputs: Sequence[Sequence[int]], ctx: RequestContext) -> list[ClassificationResult]:
+        raise self._not_here("sequence classification")
+
+    async def classify_tokens(self, inputs: Sequence[Sequence[int]], ctx: RequestContext) -> list[TokenClassificationResult]:
+        raise self._not_here("token classification")
+
+    async def fill_mask(self, inputs: Sequence[Sequence[int]], ctx: RequestContext) -> list[FillMaskResult]:
+        raise self._not_here("fill-mask")
+
+    def _not_here(self, what: str) -> EngineError:
+        return EngineError(
+            ErrorCode.UNSUPPORTED,
+            f"The model `{self._capabilities.model_name}` is served by vLLM, which does not serve {what} here.",
+            param="model",
+            reason="unsupported_model",
+        )
