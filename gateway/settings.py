@@ -119,8 +119,8 @@ class Settings:
         namespace, rest = parser.parse_known_args(sys.argv[1:] if argv is None else list(argv))
         return cls(**_values(namespace), engine_args=tuple(rest))
 
-    def unknown_flags_error(self) -> str:
-        return f"hf-gateway: error: unknown flag(s): {' '.join(self.engine_args)}. Run `hf-gateway --help` for the list of flags."
+    def unknown_flags_error(self, hint: str = "") -> str:
+        return f"hf-gateway: error: unknown flag(s): {' '.join(self.engine_args)}{hint}. Run `hf-gateway --help` for the list of flags."
 
     def replace(self, **changes: Any) -> Settings:
         return dataclasses.replace(self, **changes)

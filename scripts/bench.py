@@ -10,7 +10,7 @@ Side by side in one run (starts each server configuration in turn on this machin
 
 --compare measures, for SmolLM2-135M with 64 prompt and 128 output tokens: the transformers
 engine one sequence at a time (KServe's way), with continuous batching in float32 and bfloat16,
-at concurrency 1/16/32; the "ideal static batch" (one padded `model.generate` call of the same
+at concurrency 1/16/32; the vLLM engine (vLLM's CPU build, from .venv-vllm) in float32; the "ideal static batch" (one padded `model.generate` call of the same
 size, in this process); embeddings on all-MiniLM-L6-v2 at concurrency 32 with micro-batching off
 and on; and this CPU's matrix-multiply rate, to print what fraction of the compute roofline each
 configuration reaches (2 x parameters FLOPs per generated token). Output: one JSON line per run
@@ -84,11 +84,11 @@ def free_port() -> int:
 
 
 @contextlib.contextmanager
-def server(args: list[str]) -> Iterator[str]:
+def server(args: list[str], python: str = sys.executable) -> Iterator[str]:
     port = free_port()
     log = open(os.devnull, "w")
     proc = subprocess.Popen(
-        [sys.executable, "-m", "gateway", "--host", "127.0.0.1", "--http_port", str(port), "--disable_log_requests", *args],
+        [python, "-m", "gateway", "--host", "127.0.0.1", "--http_port", str(port), "--disable_log_requests", *args],
         cwd=ROOT, stdout=log, stderr=subprocess.STDOUT,
     )
     base = f"http://127.0.0.1:{port}/openai/v1"
@@ -188,16 +188,23 @@ def compare(args: argparse.Namespace) -> None:
     peaks = {d: matmul_gflops(d) for d in ("float32", "bfloat16")}
     print(json.dumps({"roofline_gflops": peaks}), flush=True)
 
+    hf = ["--backend", "huggingface"]
     generation = [
-        ("one at a time, fp32", ["--max_num_seqs", "1"], "float32", [1, 16]),
-        ("batched, fp32", [], "float32", [1, 16, 32]),
-        ("batched, bf16", ["--dtype", "bfloat16"], "bfloat16", [1, 16, 32]),
+        ("one at a time, fp32", [*hf, "--max_num_seqs", "1"], "float32", [1, 16], sys.executable),
+        ("batched, fp32", hf, "float32", [1, 16, 32], sys.executable),
+        ("batched, bf16", [*hf, "--dtype", "bfloat16"], "bfloat16", [1, 16, 32], sys.executable),
     ]
-    for label, server_args, dtype, concurrency in generation:
+    if args.vllm_python and Path(args.vllm_python).exists():
+        # vLLM's CPU build, in its own environment (make vllm-env); same model, same requests.
+        vllm = ["--backend", "vllm", "--kv_cache_memory_gb", "2"]
+        generation.append(("vLLM, fp32", vllm, "float32", [1, 16, 32], args.vllm_python))
+    else:
+        print(f"no vLLM environment at {args.vllm_python!r}: the vLLM engine is not measured (make vllm-env)", flush=True)
+    for label, server_args, dtype, concurrency, python in generation:
         # One at a time, a second wave of 16 requests would only repeat the first (and take minutes).
         sweep = argparse.Namespace(**{**vars(args), "concurrency": concurrency, "endpoint": "completions",
                                       "one_wave": "--max_num_seqs" in server_args})
-        with server(server_args) as base:
+        with server(server_args, python) as base:
             for row in asyncio.run(run_sweep(base, sweep, label)):
                 rows.append({**row, "dtype": dtype})
 
@@ -279,6 +286,10 @@ def markdown(rows: list[dict[str, Any]], peaks: dict[str, float], params: int, a
     ratio("batched fp32 / one at a time fp32, concurrency 16", _find(rows, "batched, fp32", 16), _find(rows, "one at a time, fp32", 16))
     for c in (1, 16, 32):
         ratio(f"bf16 / fp32, concurrency {c}", _find(rows, "batched, bf16", c), _find(rows, "batched, fp32", c))
+    for c in (1, 16, 32):
+        ratio(f"vLLM fp32 / transformers batched fp32, concurrency {c}", _find(rows, "vLLM, fp32", c), _find(rows, "batched, fp32", c))
+        ratio(f"median TTFT, vLLM fp32 / transformers batched fp32, concurrency {c}", _find(rows, "vLLM, fp32", c),
+              _find(rows, "batched, fp32", c), "median_ttft_ms")
     ratio("embeddings: micro-batching on / off, concurrency 32", _find(rows, "embeddings, micro-batching on", 32),
           _find(rows, "embeddings, micro-batching off", 32), "inputs_per_s")
     ratio("embeddings engine only: micro-batching on / off", _find(rows, "embeddings engine only, micro-batching on", 32),
@@ -331,6 +342,8 @@ def main() -> None:
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--compare", action="store_true", help="start the standard configurations and compare them")
     ap.add_argument("--out-dir", default="bench-results")
+    ap.add_argument("--vllm-python", default=str(ROOT / ".venv-vllm" / "bin" / "python"),
+                    help="--compare: the Python of an environment with vLLM (make vllm-env) for the vLLM engine rows")
     ap.add_argument("--replot", action="store_true", help="only redraw the plot from OUT_DIR/results.jsonl")
     args = ap.parse_args()
     if args.replot:

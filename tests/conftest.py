@@ -4,11 +4,15 @@
 - `tiny_dir`: a random-weight 2-layer llama with SmolLM2's real tokenizer and a chat template,
   saved with save_pretrained and loaded back with `engines.loader` like any user model.
 Nothing is downloaded from a hub.
+
+`HF_GATEWAY_TEST_ENGINE=vllm` serves the generation and embedding fixtures with the vLLM engine
+instead (same model directories, same tests): CI runs the OpenAI suite that way too.
 """
 
 from __future__ import annotations
 
 import asyncio
+import os
 import socket
 import sys
 import threading
@@ -20,7 +24,7 @@ import httpx
 import openai
 import pytest
 
-from engines.hf import HFEngine
+from engines import Engine
 from engines.loader import ModelSpec, resolve_source
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "scripts"))
@@ -37,6 +41,21 @@ TINY_CHAT_TEMPLATE = (
     "{% if add_generation_prompt %}{{ '<|im_start|>assistant\n' }}{% endif %}"
 )
 TINY_MAX_LEN = 4096
+TEST_ENGINE = os.environ.get("HF_GATEWAY_TEST_ENGINE", "transformers")
+vllm_only = pytest.mark.skipif(TEST_ENGINE != "vllm", reason="runs on the vLLM engine (HF_GATEWAY_TEST_ENGINE=vllm)")
+transformers_only = pytest.mark.skipif(TEST_ENGINE == "vllm", reason="about the transformers engine itself")
+
+
+def load_test_engine(model_dir: Path, served_name: str, **kwargs):
+    """The engine under test for a generation or embedding model, loaded the production way."""
+    if TEST_ENGINE == "vllm":
+        from engines.vllm import load_engine as load_vllm
+
+        # Small KV cache and no graph capture: start-up in seconds on a 2-core CPU.
+        return load_vllm(ModelSpec(model_dir=str(model_dir)), served_name=served_name, kv_cache_memory_gb=0.5, engine_argv=["--enforce-eager"], **kwargs)
+    from engines.hf import load_engine
+
+    return load_engine(ModelSpec(model_dir=str(model_dir)), served_name=served_name, **kwargs)
 
 
 @pytest.fixture(scope="session")
@@ -55,11 +74,11 @@ def tiny_dir(tmp_path_factory: pytest.TempPathFactory, smollm_dir: Path) -> Path
     tokenizer.save_pretrained(out)
     config = LlamaConfig(
         vocab_size=len(tokenizer),
-        hidden_size=64,
-        intermediate_size=128,
+        hidden_size=128,
+        intermediate_size=256,
         num_hidden_layers=2,
-        num_attention_heads=4,
-        num_key_value_heads=2,
+        num_attention_heads=2,  # head_dim 64: vLLM's CPU attention kernels have no head_dim 16
+        num_key_value_heads=1,
         max_position_embeddings=TINY_MAX_LEN,
         tie_word_embeddings=True,
         bos_token_id=tokenizer.bos_token_id,
@@ -73,8 +92,8 @@ def tiny_dir(tmp_path_factory: pytest.TempPathFactory, smollm_dir: Path) -> Path
 
 
 @pytest.fixture(scope="session")
-def tiny_engine(tiny_dir: Path) -> Iterator[HFEngine]:
-    engine = HFEngine.load(ModelSpec(model_dir=str(tiny_dir)), served_name="tiny")
+def tiny_engine(tiny_dir: Path) -> Iterator[Engine]:
+    engine = load_test_engine(tiny_dir, "tiny")
     asyncio.run(engine.start())
     yield engine
     asyncio.run(engine.stop())
@@ -88,7 +107,7 @@ def make_app(engine, **settings):
 
 
 @pytest.fixture(scope="session")
-def tiny_app(tiny_engine: HFEngine):
+def tiny_app(tiny_engine: Engine):
     return make_app(tiny_engine, disable_log_requests=True)
 
 
@@ -153,9 +172,7 @@ def minilm_dir() -> Path:
 
 @pytest.fixture(scope="session")
 def minilm_engine(minilm_dir: Path):
-    from engines.hf import load_engine
-
-    engine = load_engine(ModelSpec(model_dir=str(minilm_dir)), served_name="minilm")
+    engine = load_test_engine(minilm_dir, "minilm")
     asyncio.run(engine.start())
     yield engine
     asyncio.run(engine.stop())

@@ -16,6 +16,7 @@ from concurrent.futures import ThreadPoolExecutor
 import torch
 
 from engines.errors import EngineError, ErrorCode
+from engines.validation import validate_encoder_inputs
 from engines.loader import LoadedModel, Pooling
 from engines.microbatch import MicroBatcher
 from engines.hf.base import LoadedEngine
@@ -109,23 +110,7 @@ class HFEncoderEngine(LoadedEngine):
         yield  # pragma: no cover  (makes this an async generator)
 
     def _check(self, inputs: Sequence[Sequence[int]]) -> None:
-        limit = self._capabilities.max_model_len
-        vocab = self._capabilities.vocab_size
-        if not inputs:
-            raise EngineError(ErrorCode.INVALID_REQUEST, "There are no inputs.", param="input")
-        for ids in inputs:
-            if not ids:
-                raise EngineError(ErrorCode.INVALID_REQUEST, "An input is empty.", param="input")
-            if len(ids) > limit:
-                raise EngineError(
-                    ErrorCode.CONTEXT_LENGTH_EXCEEDED,
-                    f"This model's maximum context length is {limit} tokens. However, you requested "
-                    f"{len(ids)} tokens in the input. Please reduce the length of the input.",
-                    param="input",
-                )
-            if any(not 0 <= t < vocab for t in ids):
-                raise EngineError(ErrorCode.INVALID_REQUEST, "An input token id is out of vocabulary.", param="input",
-                                  reason="invalid_token_id")
+        validate_encoder_inputs(inputs, vocab_size=self._capabilities.vocab_size, max_model_len=self._capabilities.max_model_len)
 
     async def _run(self, task: Task, inputs: Sequence[Sequence[int]]) -> list[Any]:
         self._require(task)

@@ -64,9 +64,10 @@ def engine_defaults(loaded: LoadedModel, spec: ModelSpec, *, served_name: str, m
     if loaded.task is Task.text_generation:
         from vllm.config import StructuredOutputsConfig
 
-        # The guidance backend is llguidance, the same library our transformers engine uses, so
-        # both engines accept the same schemas and grammars (tool calls use its Lark dialect).
-        defaults["structured_outputs_config"] = StructuredOutputsConfig(backend="guidance")
+        # The guidance backend is llguidance, the same library our transformers engine uses; with
+        # free whitespace off it compiles JSON schemas as we do, so both engines accept the same
+        # schemas and grammars (tool calls use its Lark dialect) and allow the same outputs.
+        defaults["structured_outputs_config"] = StructuredOutputsConfig(backend="guidance", disable_any_whitespace=True)
     if not torch.cuda.is_available():
         # On CPU, vLLM otherwise reserves a fraction of *all* host memory for its KV cache.
         defaults["kv_cache_memory_bytes"] = int(kv_cache_memory_gb * (1 << 30))

@@ -41,7 +41,7 @@ from engines.types import (
     TokenClassificationResult,
     TokenLogprob,
 )
-from engines.validation import validate_generation
+from engines.validation import validate_encoder_inputs, validate_generation
 
 log = logging.getLogger(__name__)
 T = TypeVar("T")
@@ -122,7 +122,11 @@ class VLLMEngine(LoadedEngine):
         max_num_seqs: int = 32,
         max_waiting: int = 256,
     ) -> None:
-        super().__init__(loaded, served_name=served_name, extra={"adapters": [name for name, _ in lora_modules]})
+        extra: dict[str, Any] = {"adapters": [name for name, _ in lora_modules]}
+        if loaded.task is Task.text_embedding and loaded.pooling is not None:
+            # vLLM reads the same sentence-transformers files for its pooler.
+            extra.update(pooling=loaded.pooling.mode, normalize=loaded.pooling.normalize, dimensions=int(loaded.config.hidden_size))
+        super().__init__(loaded, served_name=served_name, extra=extra)
         self._capabilities = type(self._capabilities)(**{**self._capabilities.__dict__, "engine": "vllm"})
         self._engine_args = engine_args
         self._eos = frozenset(loaded.eos_token_ids) | self._tokenizer.eos_token_ids
@@ -303,6 +307,9 @@ class VLLMEngine(LoadedEngine):
     ) -> None:
         """On the engine loop: drive one vLLM request, turn its token ids into our deltas."""
         choice = ChoiceState(self._tokenizer, prompt_ids, params, eos_token_ids=self._eos, budget=budget)
+        # Our own matcher follows vLLM's tokens to see when the grammar is complete: the choice
+        # ends there, as in the transformers engine, instead of on a forced EOS one step later.
+        constraint = self._grammars.constraint(params.structured) if params.structured is not None else None
         first = True
         try:
             async for out in llm.generate({"prompt_token_ids": prompt_ids}, sampling, vllm_id, lora_request=lora):
@@ -320,7 +327,14 @@ class VLLMEngine(LoadedEngine):
                 deltas = []
                 for i, token in enumerate(completion.token_ids):
                     entry = self._logprob_entry(completion.logprobs[i], token, params.logprobs) if params.logprobs is not None and completion.logprobs else None
-                    deltas.append(choice.step(token, entry))
+                    grammar_done = False
+                    if constraint is not None and token not in self._eos:
+                        try:
+                            constraint.advance(token)
+                            grammar_done = constraint.finished
+                        except RuntimeError:  # vLLM's matcher disagreed: leave the ending to vLLM
+                            constraint = None
+                    deltas.append(choice.step(token, entry, grammar_done=grammar_done))
                     if choice.finished:
                         break
                 if not choice.finished and out.finished:
@@ -359,14 +373,7 @@ class VLLMEngine(LoadedEngine):
     async def embed(self, inputs: Sequence[Sequence[int]], ctx: RequestContext) -> list[EmbeddingResult]:
         self._require(Task.text_embedding)
         llm, thread = self._require_llm()
-        limit = self._capabilities.max_model_len
-        for ids in inputs:
-            if len(ids) > limit:
-                raise EngineError(
-                    ErrorCode.CONTEXT_LENGTH_EXCEEDED,
-                    f"This model's maximum context length is {limit} tokens; an input has {len(ids)}.",
-                    param="input",
-                )
+        validate_encoder_inputs(inputs, vocab_size=self._capabilities.vocab_size, max_model_len=self._capabilities.max_model_len)
         self._running += 1
         try:
             vectors = await thread.call(self._embed_all(llm, [list(map(int, ids)) for ids in inputs], ctx.request_id))
