@@ -155,6 +155,8 @@ def build_parser(env: Mapping[str, str] | None = None) -> argparse.ArgumentParse
         description="OpenAI-first inference gateway for one Hugging Face model (KServe huggingfaceserver compatible).",
         allow_abbrev=False,
         formatter_class=argparse.ArgumentDefaultsHelpFormatter,
+        epilog="Flags not listed here are vLLM engine arguments (--tensor-parallel-size, --gpu-memory-utilization, "
+        "--enforce-eager, ...; see vLLM's engine arguments), accepted when the vLLM engine serves the model.",
     )
     for f in dataclasses.fields(Settings):
         meta = f.metadata

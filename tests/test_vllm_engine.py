@@ -133,3 +133,24 @@ async def test_lora_adapters_are_served_by_name(tiny_dir: Path, tmp_path: Path):
                 await client.completions.create(model="other-lora", **body)
     finally:
         await engine.stop()
+
+
+def test_the_cli_serves_the_default_model_on_vllm():
+    """`hf-gateway --backend vllm` on the packaged SmolLM2, in a real process (vLLM spawns its
+    engine process from it), driven by the official SDK."""
+    from tests.test_server_process import QUESTION, serve
+
+    proc, base = serve("--backend", "vllm", "--enforce-eager", "--kv_cache_memory_gb", "0.5")
+    try:
+        client = openai.OpenAI(base_url=f"{base}/openai/v1", api_key="x", max_retries=0)
+        assert client.models.retrieve("model").model_extra["engine"] == "vllm"
+        r = client.chat.completions.create(model="model", messages=QUESTION, max_tokens=20, temperature=0)
+        assert "Paris" in r.choices[0].message.content and r.choices[0].finish_reason == "stop"
+        chunks = list(client.chat.completions.create(model="model", messages=QUESTION, max_tokens=20, temperature=0,
+                                                     stream=True, stream_options={"include_usage": True}))
+        assert "".join(c.choices[0].delta.content or "" for c in chunks if c.choices) == r.choices[0].message.content
+        assert chunks[-1].usage.completion_tokens == r.usage.completion_tokens
+    finally:
+        proc.terminate()
+        out = proc.communicate(timeout=60)[0]
+    assert "Engine: vLLM" in out and "supports LlamaForCausalLM for text_generation" in out
