@@ -86,6 +86,29 @@ async def test_a_stop_string_ends_the_vllm_request_at_once(tiny_engine):
     assert tiny_engine.stats()["engine_unfinished"] == 0 and await tiny_engine.check_health()
 
 
+async def test_speculative_decoding_with_kserves_flags_is_lossless(smollm_engines, smollm_dir: Path):
+    """KServe's documented `--speculative-model/--num-speculative-tokens`, translated to vLLM's
+    --speculative-config, on CPU: greedy output equals the plain engine's, tokens arrive several
+    per step, and usage counts every one of them."""
+    from engines.vllm import load_engine as load_vllm
+
+    _, plain = smollm_engines
+    spec = ModelSpec(model_dir=str(smollm_dir), dtype="float32", max_model_len=2048)
+    engine = load_vllm(spec, served_name="smol", kv_cache_memory_gb=0.5,
+                       engine_argv=["--enforce-eager", "--speculative-model", str(smollm_dir), "--num-speculative-tokens", "3"])
+    await engine.start()
+    try:
+        params = GenerationParams(max_tokens=24, temperature=0.0, ignore_eos=True)
+        ids = plain.tokenizer.encode("The capital of France is")
+        _, want, text = await collect(plain, ids, params, "plain")
+        deltas, got, spec_text = await collect(engine, ids, params, "spec")
+        assert got == want and spec_text == text
+        assert max(len(d.token_ids) for d in deltas) > 1  # the draft's tokens were accepted in runs
+        assert deltas[-1].completion_tokens == len(got) == 24
+    finally:
+        await engine.stop()
+
+
 def write_lora(base: Path, out: Path, rank: int = 8) -> Path:
     """A random LoRA adapter (PEFT layout) on q_proj and v_proj of the tiny llama."""
     import torch

@@ -17,6 +17,7 @@ never runs vLLM's output processing.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import itertools
 import logging
 import threading
@@ -158,10 +159,21 @@ class VLLMEngine(LoadedEngine):
     async def stop(self) -> None:
         llm, thread = self._llm, self._thread
         self._llm = None
-        if llm is not None:
-            await asyncio.to_thread(llm.shutdown)
+        if llm is not None and thread is not None:
+            await thread.call(self._shutdown(llm))
         if thread is not None:
             thread.close()
+
+    @staticmethod
+    async def _shutdown(llm: Any) -> None:
+        """On the engine loop: stop reading engine outputs first, so that the engine process going
+        away is not reported as an engine failure, then shut vLLM down."""
+        handler = getattr(llm, "output_handler", None)
+        if handler is not None and not handler.done():
+            handler.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await handler
+        llm.shutdown()
 
     async def check_health(self) -> bool:
         if self._llm is None or self._thread is None or self._llm.errored:
