@@ -8,6 +8,7 @@ import logging
 import torch
 from collections.abc import AsyncIterator, Sequence
 
+from engines.channel import DeltaChannel
 from engines.hf.base import GenerativeOnly, LoadedEngine
 from engines.hf.scheduler import GenerationScheduler, SchedulerLimits
 from engines.hf.scheduler import Sequence as SchedSequence
@@ -85,37 +86,20 @@ class HFEngine(GenerativeOnly, LoadedEngine):
         if params.structured is not None:  # compile once up front: bad schemas are a 400, not a stream error
             await asyncio.to_thread(self._grammars.validate, params.structured)
 
-        loop = asyncio.get_running_loop()
-        queue: asyncio.Queue[GenerationDelta | BaseException] = asyncio.Queue()
-
-        def emit(item: GenerationDelta | BaseException) -> None:
-            try:
-                loop.call_soon_threadsafe(queue.put_nowait, item)
-            except RuntimeError:  # the loop is closed: nobody is listening any more
-                pass
-
+        channel = DeltaChannel()
         seq = SchedSequence(
             request_id=ctx.request_id,
             prompt_ids=prompt_ids,
             params=params,
-            emit=emit,
+            emit=channel.emit,
             deadline=ctx.deadline,
         )
         self._scheduler.submit(seq)
-        done = False
         try:
-            while True:
-                item = await queue.get()
-                if isinstance(item, BaseException):
-                    done = True
-                    raise item
-                if item.finish_reason is not None:
-                    done = True
-                yield item
-                if done:
-                    return
+            while not channel.finished:
+                yield await channel.next()
         finally:
-            if not done:  # the consumer went away (disconnect, cancel): free the slot now
+            if not channel.finished:  # the consumer went away (disconnect, cancel): free the slot now
                 self._scheduler.abort(ctx.request_id)
 
 

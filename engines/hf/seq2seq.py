@@ -18,6 +18,7 @@ from typing import Any
 import torch
 
 from engines.detokenizer import ChoiceText
+from engines.channel import DeltaChannel
 from engines.errors import EngineError, ErrorCode
 from engines.hf.base import GenerativeOnly, LoadedEngine
 from engines.loader import LoadedModel
@@ -184,28 +185,15 @@ class HFSeq2SeqEngine(GenerativeOnly, LoadedEngine):
             raise EngineError(ErrorCode.INVALID_REQUEST, "max_tokens must be at least 1.", param="max_tokens")
         if self._executor is None:
             raise EngineError(ErrorCode.UNAVAILABLE, "The engine is not running.")
-        loop = asyncio.get_running_loop()
-        queue: asyncio.Queue[Any] = asyncio.Queue()
-
-        def emit(item: Any) -> None:
-            loop.call_soon_threadsafe(queue.put_nowait, item)
-
-        run = _Run(self, len(ids), params, emit)
+        channel = DeltaChannel()
+        run = _Run(self, len(ids), params, channel.emit)
         with self._lock:
             self._runs[ctx.request_id] = run
-        future = loop.run_in_executor(self._executor, self._generate, ctx.request_id, ids, run)
-        done = False
+        future = asyncio.get_running_loop().run_in_executor(self._executor, self._generate, ctx.request_id, ids, run)
         try:
-            while True:
-                item = await queue.get()
-                if isinstance(item, BaseException):
-                    done = True
-                    raise item
-                done = item.finish_reason is not None
-                yield item
-                if done:
-                    return
+            while not channel.finished:
+                yield await channel.next()
         finally:
-            if not done:
+            if not channel.finished:
                 await self.abort(ctx.request_id)
             future.add_done_callback(lambda f: f.exception())

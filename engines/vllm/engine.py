@@ -25,6 +25,7 @@ from collections.abc import AsyncIterator, Coroutine, Sequence
 from concurrent.futures import Future
 from typing import Any, TypeVar
 
+from engines.channel import DeltaChannel
 from engines.choice import ChoiceState, LogprobEntry, output_budget
 from engines.detokenizer import decode_prompt_pieces
 from engines.errors import EngineError, ErrorCode
@@ -268,31 +269,15 @@ class VLLMEngine(LoadedEngine):
         budget = output_budget(params, len(prompt_ids), caps.max_model_len)
         sampling = self._sampling_params(params, budget)
 
-        loop = asyncio.get_running_loop()
-        queue: asyncio.Queue[GenerationDelta | BaseException] = asyncio.Queue()
-
-        def emit(item: GenerationDelta | BaseException) -> None:
-            try:
-                loop.call_soon_threadsafe(queue.put_nowait, item)
-            except RuntimeError:  # the requester's loop is closed: nobody is listening
-                pass
-
+        channel = DeltaChannel()
         vllm_id = f"{ctx.request_id}#{next(self._ids)}"
         self._internal.setdefault(ctx.request_id, set()).add(vllm_id)
         self._running += 1
-        task = thread.submit(self._run(llm, vllm_id, prompt_ids, params, budget, sampling, lora, ctx, emit))
-        done = False
+        task = thread.submit(self._run(llm, vllm_id, prompt_ids, params, budget, sampling, lora, ctx, channel.emit))
         try:
-            while True:
-                item = await queue.get()
-                if isinstance(item, BaseException):
-                    done = True
-                    raise item
-                done = item.finish_reason is not None
-                yield item
-                if done:
-                    self._completed_total += 1
-                    return
+            while not channel.finished:
+                yield await channel.next()
+            self._completed_total += 1
         finally:
             self._running -= 1
             ids = self._internal.get(ctx.request_id)
@@ -300,7 +285,7 @@ class VLLMEngine(LoadedEngine):
                 ids.discard(vllm_id)
                 if not ids:
                     self._internal.pop(ctx.request_id, None)
-            if not done:  # the consumer went away (disconnect, cancel): stop vLLM now
+            if not channel.finished:  # the consumer went away (disconnect, cancel): stop vLLM now
                 self._aborted_total += 1
                 task.cancel()
                 thread.submit(llm.abort(vllm_id))
