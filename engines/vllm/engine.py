@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import dataclasses
 import itertools
 import logging
 import threading
@@ -129,7 +130,7 @@ class VLLMEngine(LoadedEngine):
             # vLLM reads the same sentence-transformers files for its pooler.
             extra.update(pooling=loaded.pooling.mode, normalize=loaded.pooling.normalize, dimensions=int(loaded.config.hidden_size))
         super().__init__(loaded, served_name=served_name, extra=extra)
-        self._capabilities = type(self._capabilities)(**{**self._capabilities.__dict__, "engine": "vllm"})
+        self._capabilities = dataclasses.replace(self._capabilities, engine="vllm")
         self._engine_args = engine_args
         self._eos = frozenset(loaded.eos_token_ids) | self._tokenizer.eos_token_ids
         self._grammars = GrammarCompiler(loaded.hf_tokenizer, int(getattr(loaded.config, "vocab_size", 0) or self._tokenizer.vocab_size))
@@ -198,9 +199,9 @@ class VLLMEngine(LoadedEngine):
         }
 
     async def abort(self, request_id: str) -> None:
-        internal = self._internal.pop(request_id, set())
+        """Stop every vLLM request of this request id; its requester gets an UNAVAILABLE error."""
+        internal = self._internal.get(request_id, set())
         if internal and self._thread is not None and self._llm is not None:
-            self._aborted_total += 1
             await self._thread.call(self._llm.abort(list(internal)))
 
     # -- generation -----------------------------------------------------------------------------
@@ -335,6 +336,9 @@ class VLLMEngine(LoadedEngine):
                     if choice.finished:
                         break
                 if not choice.finished and out.finished:
+                    if completion.finish_reason == "abort":  # abort(request_id), not our own stop
+                        emit(EngineError(ErrorCode.UNAVAILABLE, "The request was aborted."))
+                        return
                     deltas.append(choice.end("stop" if completion.finish_reason == "stop" else "length"))
                 if deltas:
                     emit(_merge(deltas))
