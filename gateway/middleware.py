@@ -1,41 +1,152 @@
-"""Request ids: every response carries `x-request-id` (the client's value when it sent one)."""
+"""One pure-ASGI middleware for what every HTTP request goes through, in this order:
+
+1. request id: `x-request-id` on every response (the client's value when it sent one);
+2. API key (when keys are configured), answered 401 in the face's envelope;
+3. body size: a body over the limit is a 413 before the app reads it all;
+4. deadline: `x-request-timeout` (seconds) or the server default, carried to the engine;
+5. the request record: metrics and one access-log line when the response has ended.
+
+Pure ASGI (no BaseHTTPMiddleware), so streaming and disconnect detection are untouched.
+"""
 
 from __future__ import annotations
 
+import json
+import math
 import uuid
+from dataclasses import dataclass
 from typing import Any
 
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
+from gateway.auth import ApiKeys
+from gateway.observability import Metrics, RequestRecord, current_request, finish_record
+
 REQUEST_ID_HEADER = b"x-request-id"
+TIMEOUT_HEADER = b"x-request-timeout"
 _MAX_LEN = 256
+OPEN_PATHS = ("/", "/health", "/ready", "/metrics", "/v2/health/live", "/v2/health/ready", "/v2")
 
 
 def request_id_of(scope: Scope) -> str:
     return scope.get("state", {}).get("request_id", "")
 
 
-class RequestIdMiddleware:
-    """Pure ASGI (no BaseHTTPMiddleware), so streaming and disconnect detection are untouched."""
+def is_openai_path(path: str) -> bool:
+    return path.startswith("/openai") or path in ("/tokenize", "/detokenize")
 
-    def __init__(self, app: ASGIApp) -> None:
+
+def face_of(path: str) -> str:
+    if is_openai_path(path):
+        return "openai"
+    if path.startswith("/v2"):
+        return "v2"
+    if path.startswith("/v1"):
+        return "v1"
+    return "other"
+
+
+@dataclass(frozen=True)
+class HttpPolicy:
+    keys: ApiKeys = ApiKeys(())
+    protect_open_paths: bool = False  # also require the key on health, readiness and metrics
+    max_body_bytes: int = 16 << 20
+    default_timeout: float | None = None  # seconds; None: no deadline unless the client sends one
+    log_format: str = "plain"
+    access_log: bool = True
+
+
+class _BodyTooLarge(Exception):
+    pass
+
+
+def error_response(path: str, status: int, message: str, code: str, headers: dict[str, str] | None = None) -> tuple[int, bytes, list[tuple[bytes, bytes]]]:
+    """A ready-made error in the face's envelope: OpenAI's for OpenAI routes, KServe's elsewhere."""
+    if is_openai_path(path):
+        kind = "authentication_error" if status == 401 else "invalid_request_error"
+        body: Any = {"error": {"message": message, "type": kind, "param": None, "code": code}}
+    else:
+        body = {"error": message}
+    raw = json.dumps(body).encode()
+    out = [(b"content-type", b"application/json"), (b"content-length", str(len(raw)).encode())]
+    out += [(k.lower().encode(), v.encode()) for k, v in (headers or {}).items()]
+    return status, raw, out
+
+
+class GatewayMiddleware:
+    def __init__(self, app: ASGIApp, *, policy: HttpPolicy, metrics: Metrics) -> None:
         self.app = app
+        self.policy = policy
+        self.metrics = metrics
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http":
             await self.app(scope, receive, send)
             return
-        incoming = next((v for k, v in scope["headers"] if k == REQUEST_ID_HEADER), b"")
+        headers = dict(scope["headers"])
+        incoming = headers.get(REQUEST_ID_HEADER, b"")
         rid = incoming.decode("latin-1")[:_MAX_LEN] if incoming else uuid.uuid4().hex
-        state: dict[str, Any] = scope.setdefault("state", {})
-        state["request_id"] = rid
+        scope.setdefault("state", {})["request_id"] = rid
         encoded = rid.encode("latin-1")
+        path = scope["path"]
+        record = RequestRecord(request_id=rid, route=f"{scope['method']} {path}")
 
         async def send_with_id(message: Message) -> None:
             if message["type"] == "http.response.start":
-                headers = [(k, v) for k, v in message.get("headers", []) if k.lower() != REQUEST_ID_HEADER]
-                headers.append((REQUEST_ID_HEADER, encoded))
-                message = {**message, "headers": headers}
+                record.status = message["status"]
+                out = [(k, v) for k, v in message.get("headers", []) if k.lower() != REQUEST_ID_HEADER]
+                out.append((REQUEST_ID_HEADER, encoded))
+                message = {**message, "headers": out}
             await send(message)
 
-        await self.app(scope, receive, send_with_id)
+        async def refuse(status: int, message: str, code: str, extra: dict[str, str] | None = None) -> None:
+            status, body, out = error_response(path, status, message, code, extra)
+            await send_with_id({"type": "http.response.start", "status": status, "headers": out})
+            await send_with_id({"type": "http.response.body", "body": body})
+
+        policy = self.policy
+        try:
+            if policy.keys and (policy.protect_open_paths or path not in OPEN_PATHS) and scope["method"] != "OPTIONS":
+                if not policy.keys.allows(headers):
+                    await refuse(401, "Missing or invalid API key: send it as `Authorization: Bearer <key>`.", "invalid_api_key",
+                                 {"WWW-Authenticate": "Bearer"})
+                    return
+            length = headers.get(b"content-length")
+            if length is not None and length.isdigit() and int(length) > policy.max_body_bytes:
+                await refuse(413, f"The request body is larger than {policy.max_body_bytes} bytes.", "request_too_large")
+                return
+            timeout = policy.default_timeout
+            raw_timeout = headers.get(TIMEOUT_HEADER)
+            if raw_timeout is not None:
+                try:
+                    timeout = float(raw_timeout)
+                    if not math.isfinite(timeout) or timeout <= 0:
+                        raise ValueError
+                except ValueError:
+                    await refuse(400, "x-request-timeout must be a positive number of seconds.", "invalid_value")
+                    return
+            if timeout is not None:
+                record.deadline = record.started + timeout
+
+            seen = 0
+
+            async def limited_receive() -> Message:
+                nonlocal seen
+                message = await receive()
+                if message["type"] == "http.request":
+                    seen += len(message.get("body", b""))
+                    if seen > policy.max_body_bytes:
+                        raise _BodyTooLarge
+                return message
+
+            token = current_request.set(record)
+            try:
+                await self.app(scope, limited_receive, send_with_id)
+            except _BodyTooLarge:
+                if record.status == 0:
+                    await refuse(413, f"The request body is larger than {policy.max_body_bytes} bytes.", "request_too_large")
+            finally:
+                current_request.reset(token)
+        finally:
+            if path not in ("/metrics", "/health", "/ready"):  # probes and scrapes are not requests
+                finish_record(record, self.metrics, face=face_of(path), log_format=policy.log_format if policy.access_log else None)

@@ -4,9 +4,11 @@ from __future__ import annotations
 
 import contextlib
 import logging
+import math
 import sys
 import time
 from collections.abc import AsyncIterator, Sequence
+from typing import Any
 
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
@@ -21,7 +23,9 @@ from compat.kserve.v2_rest import build_v2_router
 from engines import Engine, EngineError
 from engines.loader import LoadedModel, ModelNotFoundError, ModelSpec, load_model
 from gateway.disconnect import ClientDisconnected
-from gateway.middleware import RequestIdMiddleware
+from gateway.auth import ApiKeys
+from gateway.middleware import GatewayMiddleware, HttpPolicy
+from gateway.observability import Metrics, ObservedEngine
 from gateway.openai.errors import OpenAIError, from_exception, from_validation_errors
 from gateway.openai.protocol import SamplingDefaults
 from gateway.openai.routes import JSONResponse, build_router, build_tokenizer_router
@@ -174,8 +178,11 @@ def openai_config(settings: Settings) -> OpenAIConfig:
         served_name=settings.model_name,
         defaults=defaults,
         ping_interval=settings.stream_ping_interval,
-        log_requests=not settings.disable_log_requests,
+        log_requests=settings.log_prompts and not settings.disable_log_requests,
         max_log_len=settings.max_log_len,
+        max_prompt_tokens=settings.max_prompt_tokens,
+        max_stop_length=settings.max_stop_length,
+        max_total_tokens=settings.max_total_tokens,
         max_n=settings.max_n,
         max_logprobs=settings.max_logprobs,
         trust_request_chat_template=settings.trust_request_chat_template,
@@ -234,6 +241,10 @@ def install_error_handlers(app: FastAPI) -> None:
 
 
 def create_app(settings: Settings, engine: Engine) -> FastAPI:
+    metrics = Metrics(settings.model_name)
+    metrics.watch_engine(engine)
+    engine = ObservedEngine(engine, metrics)  # every face below is measured the same way
+    keys = ApiKeys.from_settings(settings.api_key, settings.api_key_file)
     plane = DataPlane(
         engine,
         settings.model_name,
@@ -259,6 +270,7 @@ def create_app(settings: Settings, engine: Engine) -> FastAPI:
                 plane,
                 max_send=settings.grpc_max_send_message_length,
                 max_receive=settings.grpc_max_receive_message_length,
+                interceptors=grpc_interceptors(keys, settings.auth_health_and_metrics),
             )
             grpc_server.add_insecure_port(f"{settings.host}:{settings.grpc_port}")
             await grpc_server.start()
@@ -274,7 +286,25 @@ def create_app(settings: Settings, engine: Engine) -> FastAPI:
     app = FastAPI(title="hf-gateway", version="0.1.0", docs_url=None, redoc_url=None, lifespan=lifespan)
     app.state.engine = engine
     app.state.settings = settings
-    app.add_middleware(RequestIdMiddleware)
+    app.state.metrics = metrics
+    app.state.draining = False
+    policy = HttpPolicy(
+        keys=keys,
+        protect_open_paths=settings.auth_health_and_metrics,
+        max_body_bytes=settings.max_request_body_bytes,
+        default_timeout=settings.request_timeout,
+        log_format=settings.log_format,
+        access_log=not settings.disable_log_requests,
+    )
+    app.add_middleware(GatewayMiddleware, policy=policy, metrics=metrics)
+    if settings.cors_allowed_origins:
+        from starlette.middleware.cors import CORSMiddleware
+
+        # Outermost, so a browser's preflight is answered before the key check.
+        app.add_middleware(
+            CORSMiddleware, allow_origins=list(settings.cors_allowed_origins), allow_methods=["GET", "POST", "OPTIONS"],
+            allow_headers=["*"], expose_headers=["x-request-id"], max_age=600,
+        )
     install_error_handlers(app)
 
     config = openai_config(settings)
@@ -302,15 +332,57 @@ def create_app(settings: Settings, engine: Engine) -> FastAPI:
         ok = await engine.check_health()
         return JSONResponse({"healthy": ok}, status_code=200 if ok else 503)
 
+    @app.get("/metrics")
+    async def prometheus_metrics() -> Response:
+        from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
+
+        return Response(generate_latest(metrics.registry), media_type=CONTENT_TYPE_LATEST)
+
     @app.get("/ready")
     async def ready() -> Response:
-        """Ready to take more work: healthy, and its waiting queue is not full."""
+        """Ready to take more work: healthy, not shutting down, and its waiting queue is not full."""
         ok = await engine.check_health()
         saturated = bool(engine.stats().get("saturated"))
-        body = {**engine.stats(), "ready": ok and not saturated, "saturated": saturated}
+        draining = bool(app.state.draining)
+        body = {**engine.stats(), "ready": ok and not saturated and not draining, "saturated": saturated, "draining": draining}
         return JSONResponse(body, status_code=200 if body["ready"] else 503, headers={} if body["ready"] else {"Retry-After": "1"})
 
     return app
+
+
+def grpc_interceptors(keys: ApiKeys, protect_health: bool) -> list[Any]:
+    if not keys:
+        return []
+    from gateway.grpc_auth import ApiKeyInterceptor
+
+    return [ApiKeyInterceptor(keys, protect_health=protect_health)]
+
+
+class GracefulServer:
+    """uvicorn, with Kubernetes' shutdown: on SIGTERM readiness turns off at once, listening
+    stops, in-flight requests get --shutdown_grace_period seconds, the rest are cancelled (which
+    aborts their generation), the engine stops, and the process exits 0."""
+
+    def __init__(self, config: Any, app: FastAPI) -> None:
+        import signal
+
+        import uvicorn
+
+        app_state = app.state
+
+        class _Server(uvicorn.Server):
+            def handle_exit(self, sig: int, frame: Any) -> None:
+                app_state.draining = True
+                super().handle_exit(sig, frame)
+                captured = getattr(self, "_captured_signals", None)
+                if sig == signal.SIGTERM and captured and captured[-1] == sig:
+                    captured.pop()  # a graceful stop is a success, not death by signal
+
+        self._server = _Server(config)
+
+    def run(self) -> None:
+        self._server.run()
+        log.info("Stopped.")
 
 
 def configure_logging(level: str) -> None:
@@ -345,10 +417,14 @@ def main(argv: Sequence[str] | None = None) -> None:
         "Serving %s (root %s, %s, max_model_len %d) at http://%s:%d/openai/v1",
         caps.model_name, caps.root, caps.dtype, caps.max_model_len, settings.host, settings.http_port,
     )
-    uvicorn.run(
-        create_app(settings, engine),
+    app = create_app(settings, engine)
+    config = uvicorn.Config(
+        app,
         host=settings.host,
         port=settings.http_port,
         log_level=settings.log_level,
         timeout_keep_alive=settings.timeout_keep_alive,
+        timeout_graceful_shutdown=max(int(math.ceil(settings.shutdown_grace_period)), 1),
+        access_log=False,  # our own one line per request (gateway.access) replaces uvicorn's
     )
+    GracefulServer(config, app).run()

@@ -96,6 +96,19 @@ class Settings:
     max_n: int = field(default=16, **_flag("Largest `n` (and `best_of`) a request may ask for."))
     max_logprobs: int = field(default=20, **_flag("Largest number of alternatives per token for `logprobs` / `top_logprobs`."))
     trust_request_chat_template: bool = field(default=False, **_flag("Let requests bring their own `chat_template` (Jinja runs in a sandbox, but templates can be costly)."))
+    # -- operations ----------------------------------------------------------------------------
+    api_key: tuple[str, ...] = field(default=(), **_flag("Require this API key (repeatable; env: comma-separated) as `Authorization: Bearer <key>` or `x-api-key`, on every face.", repeat=True, metavar="KEY"))
+    api_key_file: str | None = field(default=None, **_flag("A file with one API key per line (Kubernetes secrets mount well here)."))
+    auth_health_and_metrics: bool = field(default=False, **_flag("Also require the key on /, /health, /ready, /metrics and the v2 health routes (open by default for probes and scrapers)."))
+    max_request_body_bytes: int = field(default=16 << 20, **_flag("Largest request body accepted; larger is a 413."))
+    max_prompt_tokens: int | None = field(default=None, **_flag("Largest prompt in tokens (default: only the context length limits it)."))
+    max_stop_length: int = field(default=256, **_flag("Longest stop string, in characters."))
+    max_total_tokens: int | None = field(default=None, **_flag("Most tokens one request may ask to generate over all its choices (n x max_tokens; best_of counts). Default: no limit beyond --max_n."))
+    request_timeout: float | None = field(default=None, **_flag("Default deadline of a request in seconds; generation is aborted when it passes. Clients may send x-request-timeout."))
+    cors_allowed_origins: tuple[str, ...] = field(default=(), **_flag("Origins allowed to call the API from a browser (repeatable; * for any). Default: no CORS headers.", repeat=True, metavar="ORIGIN"))
+    log_format: str = field(default="plain", **_flag("Format of the one-line-per-request access log.", choices=("plain", "json")))
+    log_prompts: bool = field(default=False, **_flag("Also log prompts and sampling parameters (truncated by --max_log_len). Off: prompts are never logged."))
+    shutdown_grace_period: float = field(default=30.0, **_flag("On SIGTERM: seconds in-flight requests get to finish before they are aborted."))
     # -- vLLM ----------------------------------------------------------------------------------
     lora_modules: tuple[str, ...] = field(default=(), **_flag("vLLM backend: LoRA adapters served beside the base model, as name=path or vLLM's JSON form; address them by name in `model`. Repeatable; implies --enable-lora.", repeat=True, metavar="NAME=PATH"))
     # Flags we do not define ourselves: the vLLM engine's own arguments, parsed by vLLM's parser

@@ -184,6 +184,7 @@ class GenerationScheduler:
                 "steps_total": self.steps_total,
                 "batch_size": self.last_batch_size,
                 "kv_cache_tokens": 0 if self._batch is None else len(self._batch.rows) * self._batch.width,
+                "kv_cache_capacity_tokens": self.limits.kv_cache_tokens,
                 "saturated": int(self.saturated),
             }
 

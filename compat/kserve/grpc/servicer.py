@@ -4,6 +4,8 @@ standard health service and server reflection."""
 from __future__ import annotations
 
 import logging
+from collections.abc import Sequence
+from typing import Any
 
 import grpc
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
@@ -93,8 +95,9 @@ class InferenceServicer(pb_grpc.GRPCInferenceServiceServicer):
         raise AssertionError("unreachable")
 
 
-def build_server(plane: DataPlane, *, max_send: int = 8 << 20, max_receive: int = 8 << 20) -> grpc.aio.Server:
+def build_server(plane: DataPlane, *, max_send: int = 8 << 20, max_receive: int = 8 << 20, interceptors: Sequence[Any] = ()) -> grpc.aio.Server:
     server = grpc.aio.server(
+        interceptors=list(interceptors),
         options=[
             ("grpc.max_send_message_length", max_send),
             ("grpc.max_receive_message_length", max_receive),

@@ -185,6 +185,7 @@ class ChatService(ServiceBase):
             structured=structured,
         )
         params = self.with_adapter(params, model)
+        self.check_limits([prompt_ids], params, n, prompt_param="messages")
         response_id = new_id("chatcmpl")
         self.log_request(response_id, text, params)
         rename = {"prompt": "messages", "max_tokens": max_tokens_param(req)}

@@ -34,6 +34,9 @@ class OpenAIConfig:
     max_n: int = 16
     max_logprobs: int = 20
     trust_request_chat_template: bool = False
+    max_prompt_tokens: int | None = None
+    max_stop_length: int = 256
+    max_total_tokens: int | None = None  # over all choices and prompts of one request
 
 
 class ServiceBase:
@@ -81,6 +84,23 @@ class ServiceBase:
         if not 1 <= n <= self.config.max_n:
             raise invalid(f"`{param}` must be between 1 and {self.config.max_n}, got {n}.", param)
         return n
+
+    def check_limits(self, prompts: Sequence[Sequence[int]], params: GenerationParams, choices: int, *, prompt_param: str = "prompt") -> None:
+        """The operator's limits on one request (each a 400 naming the parameter)."""
+        limit = self.config.max_prompt_tokens
+        longest = max((len(p) for p in prompts), default=0)
+        if limit is not None and longest > limit:
+            raise invalid(f"The prompt has {longest} tokens; this server accepts at most {limit}.", prompt_param, code="context_length_exceeded")
+        too_long = next((s for s in params.stop if len(s) > self.config.max_stop_length), None)
+        if too_long is not None:
+            raise invalid(f"Stop strings may be at most {self.config.max_stop_length} characters long.", "stop")
+        total = self.config.max_total_tokens
+        asked = len(prompts) * choices * params.max_tokens
+        if total is not None and asked > total:
+            raise invalid(
+                f"This request asks for up to {asked} generated tokens ({len(prompts)} prompt(s) x {choices} choice(s) x "
+                f"{params.max_tokens}); this server allows {total} per request.", "max_tokens",
+            )
 
     def check_logprobs(self, k: int | None, param: str) -> int | None:
         if k is not None and not 0 <= k <= self.config.max_logprobs:

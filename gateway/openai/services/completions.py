@@ -88,6 +88,7 @@ class CompletionService(ServiceBase):
         if req.truncate_prompt_tokens is not None:
             texts = [await asyncio.to_thread(self.engine.tokenizer.decode, p, skip_special_tokens=False) for p in ids]
 
+        self.check_limits(ids, params, best_of)
         response_id = new_id("cmpl")
         self.log_request(response_id, texts[0] if len(texts) == 1 else str(texts), params)
         rename = {"max_tokens": max_tokens_param(req)}
