@@ -56,10 +56,6 @@ class HttpPolicy:
     access_log: bool = True
 
 
-class _BodyTooLarge(Exception):
-    pass
-
-
 def error_response(path: str, status: int, message: str, code: str, headers: dict[str, str] | None = None) -> tuple[int, bytes, list[tuple[bytes, bytes]]]:
     """A ready-made error in the face's envelope: OpenAI's for OpenAI routes, KServe's elsewhere."""
     if is_openai_path(path):
@@ -128,23 +124,35 @@ class GatewayMiddleware:
             if timeout is not None:
                 record.deadline = record.started + timeout
 
-            seen = 0
+            if length is None and scope["method"] in ("POST", "PUT", "PATCH"):
+                # A body without a length (chunked) is read here, up to the limit, and replayed:
+                # FastAPI would turn an error raised while it reads into a 400.
+                body, more = b"", True
+                while more:
+                    message = await receive()
+                    if message["type"] != "http.request":
+                        return  # the client went away
+                    body += message.get("body", b"")
+                    more = message.get("more_body", False)
+                    if len(body) > policy.max_body_bytes:
+                        await refuse(413, f"The request body is larger than {policy.max_body_bytes} bytes.", "request_too_large")
+                        return
+                replayed = False
 
-            async def limited_receive() -> Message:
-                nonlocal seen
-                message = await receive()
-                if message["type"] == "http.request":
-                    seen += len(message.get("body", b""))
-                    if seen > policy.max_body_bytes:
-                        raise _BodyTooLarge
-                return message
+                async def replay() -> Message:
+                    nonlocal replayed
+                    if not replayed:
+                        replayed = True
+                        return {"type": "http.request", "body": body, "more_body": False}
+                    return await receive()
+
+                app_receive: Receive = replay
+            else:
+                app_receive = receive
 
             token = current_request.set(record)
             try:
-                await self.app(scope, limited_receive, send_with_id)
-            except _BodyTooLarge:
-                if record.status == 0:
-                    await refuse(413, f"The request body is larger than {policy.max_body_bytes} bytes.", "request_too_large")
+                await self.app(scope, app_receive, send_with_id)
             finally:
                 current_request.reset(token)
         finally:

@@ -210,6 +210,24 @@ class GenerationScheduler:
             self._forward(ids, torch.ones_like(ids), torch.zeros_like(ids), DynamicCache())
 
     def _loop(self) -> None:
+        """The thread's body. If it ever dies, nobody may wait on it: every request fails at
+        once, `alive` turns false (so readiness and health turn off) and new requests get 503."""
+        try:
+            self._serve()
+        except BaseException:
+            log.critical("the generation thread died; failing its requests", exc_info=True)
+            raise
+        finally:
+            with self._cond:
+                self._stopping = True
+                stranded, self._waiting = list(self._waiting), deque()
+            error = EngineError(ErrorCode.UNAVAILABLE, "The generation engine stopped.")
+            self._fail_all(error)
+            for seq in stranded:
+                self._retire(seq)
+                seq.emit(error)
+
+    def _serve(self) -> None:
         try:
             self._warm_up()
         except Exception:  # a model that cannot run one token will fail requests with a clear error
