@@ -14,7 +14,7 @@ VSTAMP := $(VVENV)/.installed
 VLLM_TESTS := tests/test_openai_chat.py tests/test_openai_completions.py tests/test_openai_errors.py \
 	tests/test_openai_sampling.py tests/test_openai_structured_tools.py tests/test_disconnect.py \
 	tests/test_tokenize.py tests/test_embeddings.py tests/test_backend_selection.py tests/test_deploy.py \
-	tests/test_vllm_engine.py tests/test_kserve_rest.py::test_generation_over_v1_and_v2_equals_openai \
+	tests/test_vllm_engine.py tests/test_operations.py tests/test_kserve_rest.py::test_generation_over_v1_and_v2_equals_openai \
 	tests/test_kserve_rest.py::test_embeddings_match_the_openai_face \
 	tests/test_kserve_grpc.py::test_embeddings_and_generation_over_grpc
 

@@ -103,19 +103,27 @@ def split_binary_request(raw: bytes, header_length: str) -> dict[str, Any]:
     if not 0 <= length <= len(raw) or not isinstance(header, dict):
         raise invalid_input(f"{BINARY_HEADER} does not fit the body.")
     at = length
-    for tensor_ in header.get("inputs") or []:
-        size = (tensor_.get("parameters") or {}).get("binary_data_size")
+    inputs = header.get("inputs") or []
+    if not isinstance(inputs, list) or not all(isinstance(t, dict) for t in inputs):
+        raise invalid_input('Expected "inputs" to be a list of tensors.')
+    for tensor_ in inputs:
+        params = tensor_.get("parameters") or {}
+        size = params.get("binary_data_size") if isinstance(params, dict) else None
         if size is None:
             continue
-        chunk = raw[at : at + int(size)]
-        if len(chunk) != int(size):
+        if not isinstance(size, int) or isinstance(size, bool) or size < 0:
+            raise invalid_input(f"Input {tensor_.get('name')!r}: binary_data_size must be a non-negative integer.")
+        chunk = raw[at : at + size]
+        if len(chunk) != size:
             raise invalid_input(f"Input {tensor_.get('name')!r} declares {size} binary bytes but the body is shorter.")
-        at += int(size)
+        at += size
         datatype = tensor_.get("datatype")
         if datatype == "BYTES":
             tensor_["data"] = _unpack_bytes(chunk)
-        elif datatype in _BINARY_FORMAT:
+        elif isinstance(datatype, str) and datatype in _BINARY_FORMAT:
             fmt = _BINARY_FORMAT[datatype]
+            if len(chunk) % struct.calcsize(fmt):
+                raise invalid_input(f"Input {tensor_.get('name')!r}: {size} bytes is not a whole number of {datatype} values.")
             tensor_["data"] = list(struct.unpack(f"<{len(chunk) // struct.calcsize(fmt)}{fmt}", chunk))
         else:
             raise invalid_input(f"Binary data of datatype {datatype!r} is not supported.")

@@ -85,6 +85,13 @@ class ServiceBase:
             raise invalid(f"`{param}` must be between 1 and {self.config.max_n}, got {n}.", param)
         return n
 
+    def check_token_ids(self, prompts: Sequence[Sequence[int]], param: str) -> None:
+        """Token-id prompts must name real tokens before anything decodes them."""
+        vocab = self.engine.capabilities.vocab_size
+        bad = next((t for p in prompts for t in p if not 0 <= t < vocab), None)
+        if bad is not None:
+            raise invalid(f"Token id {bad} is out of vocabulary (the vocabulary has {vocab} tokens).", param, code="invalid_token_id")
+
     def check_limits(self, prompts: Sequence[Sequence[int]], params: GenerationParams, choices: int, *, prompt_param: str = "prompt") -> None:
         """The operator's limits on one request (each a 400 naming the parameter)."""
         limit = self.config.max_prompt_tokens

@@ -77,6 +77,7 @@ class CompletionService(ServiceBase):
             allow_zero_max_tokens=echo,
         )
         params = self.with_adapter(params, model)
+        self.check_token_ids([p for p in prompts if not isinstance(p, str)], "prompt")
         ids = await asyncio.to_thread(self._encode, prompts, req.add_special_tokens)
         ids = [self.truncate(p, req.truncate_prompt_tokens) for p in ids]
         if any(not p for p in ids):

@@ -9,10 +9,10 @@ from __future__ import annotations
 import asyncio
 from typing import Any
 
-from pydantic import model_validator
+from pydantic import ValidationError, model_validator
 
 from engines.tasks import Task
-from gateway.openai.errors import invalid
+from gateway.openai.errors import from_validation_errors
 from gateway.openai.protocol import ChatCompletionRequest, _Tolerant
 from gateway.openai.services.chat import ChatService
 from gateway.openai.services.common import ServiceBase
@@ -52,9 +52,12 @@ class TokenizeService(ServiceBase):
             ids = await asyncio.to_thread(tok.encode, req.prompt, add_special_tokens=add)
         else:
             self.require_task(Task.text_generation)
-            chat_req = ChatCompletionRequest.model_validate(
-                {**req.model_dump(exclude={"prompt", "return_token_strs"}), "add_special_tokens": bool(req.add_special_tokens)}
-            )
+            try:
+                chat_req = ChatCompletionRequest.model_validate(
+                    {**req.model_dump(exclude={"prompt", "return_token_strs"}), "add_special_tokens": bool(req.add_special_tokens)}
+                )
+            except ValidationError as exc:  # the chat form's own rules, checked here: a 400 like any other
+                raise from_validation_errors(exc.errors()) from None
             tools = plan_tools(chat_req)
             _, ids = await self.chat.prompt_ids(chat_req, tools.template_tools)
         strs = await asyncio.to_thread(tok.convert_ids_to_tokens, ids) if req.return_token_strs else None
@@ -62,9 +65,6 @@ class TokenizeService(ServiceBase):
 
     async def detokenize(self, req: DetokenizeRequest) -> dict[str, Any]:
         self.resolve_model(req.model)
-        vocab = self.engine.capabilities.vocab_size
-        bad = next((t for t in req.tokens if not 0 <= t < vocab), None)
-        if bad is not None:
-            raise invalid(f"Token id {bad} is out of vocabulary.", "tokens", code="invalid_token_id")
+        self.check_token_ids([req.tokens], "tokens")
         text = await asyncio.to_thread(self.engine.tokenizer.decode, req.tokens, skip_special_tokens=False)
         return {"prompt": text}
