@@ -25,7 +25,7 @@ from gateway.observability import Metrics, RequestRecord, current_request, finis
 REQUEST_ID_HEADER = b"x-request-id"
 TIMEOUT_HEADER = b"x-request-timeout"
 _MAX_LEN = 256
-OPEN_PATHS = ("/", "/health", "/ready", "/metrics", "/v2/health/live", "/v2/health/ready", "/v2")
+OPEN_PATHS = ("/", "/health", "/ready", "/metrics", "/v2/health/live", "/v2/health/ready")
 
 
 def request_id_of(scope: Scope) -> str:

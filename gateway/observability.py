@@ -38,7 +38,7 @@ class RequestRecord:
     started: float = field(default_factory=time.monotonic)
     deadline: float | None = None
     model: str = ""
-    status: int = 0
+    status: int | str = 0  # HTTP status, or the gRPC status name
     prompt_tokens: int = 0
     completion_tokens: int = 0
     ttft: float | None = None

@@ -270,7 +270,7 @@ def create_app(settings: Settings, engine: Engine) -> FastAPI:
                 plane,
                 max_send=settings.grpc_max_send_message_length,
                 max_receive=settings.grpc_max_receive_message_length,
-                interceptors=grpc_interceptors(keys, settings.auth_health_and_metrics),
+                interceptors=grpc_interceptors(keys, settings, metrics),
             )
             grpc_server.add_insecure_port(f"{settings.host}:{settings.grpc_port}")
             await grpc_server.start()
@@ -350,12 +350,12 @@ def create_app(settings: Settings, engine: Engine) -> FastAPI:
     return app
 
 
-def grpc_interceptors(keys: ApiKeys, protect_health: bool) -> list[Any]:
-    if not keys:
-        return []
-    from gateway.grpc_auth import ApiKeyInterceptor
+def grpc_interceptors(keys: ApiKeys, settings: Settings, metrics: Metrics) -> list[Any]:
+    from gateway.grpc_interceptors import AccessInterceptor, ApiKeyInterceptor
 
-    return [ApiKeyInterceptor(keys, protect_health=protect_health)]
+    access = AccessInterceptor(metrics, log_format=None if settings.disable_log_requests else settings.log_format,
+                               default_timeout=settings.request_timeout)
+    return ([ApiKeyInterceptor(keys, protect_health=settings.auth_health_and_metrics)] if keys else []) + [access]
 
 
 class GracefulServer:

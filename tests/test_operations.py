@@ -20,7 +20,8 @@ from compat.kserve.grpc.generated import grpc_predict_v2_pb2 as pb
 from compat.kserve.grpc.generated import grpc_predict_v2_pb2_grpc as pb_grpc
 from compat.kserve.grpc.servicer import build_server
 from gateway.auth import ApiKeys
-from gateway.grpc_auth import ApiKeyInterceptor
+from gateway.grpc_interceptors import AccessInterceptor, ApiKeyInterceptor
+from gateway.observability import Metrics
 from tests.conftest import TEST_ENGINE, free_port, make_app
 
 CHAT = {"model": "tiny", "messages": [{"role": "user", "content": "Hi"}], "max_tokens": 8, "temperature": 0}
@@ -149,6 +150,38 @@ async def test_api_keys_on_grpc(tiny_engine):
             assert health.status in (health_pb2.HealthCheckResponse.SERVING, health_pb2.HealthCheckResponse.NOT_SERVING)
     finally:
         await server.stop(0)
+
+
+async def test_grpc_requests_get_records_metrics_and_log_lines(tiny_engine, caplog):
+    caplog.set_level(logging.INFO)
+    from gateway.observability import ObservedEngine
+
+    metrics = Metrics("tiny")
+    server = build_server(DataPlane(ObservedEngine(tiny_engine, metrics), "tiny"), interceptors=[AccessInterceptor(metrics, log_format="json")])
+    port = free_port()
+    server.add_insecure_port(f"127.0.0.1:{port}")
+    await server.start()
+    try:
+        async with grpc.aio.insecure_channel(f"127.0.0.1:{port}") as channel:
+            stub = pb_grpc.GRPCInferenceServiceStub(channel)
+            req = pb.ModelInferRequest(model_name="tiny")
+            req.inputs.add(name="text", datatype="BYTES", shape=[1]).contents.bytes_contents.append(b"Once")
+            req.parameters["max_tokens"].int64_param = 3
+            await stub.ModelInfer(req, metadata=(("x-request-id", "grpc-7"),))
+            with pytest.raises(grpc.aio.AioRpcError) as err:
+                await stub.ModelInfer(pb.ModelInferRequest(model_name="other"))
+    finally:
+        await server.stop(0)
+    lines = [json.loads(r.getMessage()) for r in caplog.records if r.name == "gateway.access"]
+    assert [(x["route"], x["status"]) for x in lines] == [("grpc /inference.GRPCInferenceService/ModelInfer", "OK"),
+                                                        ("grpc /inference.GRPCInferenceService/ModelInfer", err.value.code().name)]
+    assert err.value.code() != grpc.StatusCode.OK
+    assert lines[0]["request_id"] == "grpc-7" and lines[0]["completion_tokens"] == 3 and lines[0]["ttft_ms"] > 0
+    from prometheus_client import generate_latest
+
+    text = generate_latest(metrics.registry).decode()
+    assert sample(text, "gateway_requests_total", face="grpc", status="OK") == 1
+    assert sample(text, "request_preprocess_seconds_count", model_name="tiny") == 1
 
 
 # -- limits ---------------------------------------------------------------------------------------
