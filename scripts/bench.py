@@ -24,19 +24,16 @@ import asyncio
 import contextlib
 import importlib.metadata
 import json
-import os
-import socket
-import subprocess
 import sys
 import time
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
-import httpx
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from loadgen import Workload, closed_loop, open_loop, random_prompts, session, summarize  # noqa: E402
+from servers import gateway_process  # noqa: E402
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -77,36 +74,10 @@ async def run_sweep(base: str, args: argparse.Namespace, label: str) -> list[dic
 # -- servers ------------------------------------------------------------------------------------
 
 
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 @contextlib.contextmanager
 def server(args: list[str], python: str = sys.executable) -> Iterator[str]:
-    port = free_port()
-    log = open(os.devnull, "w")
-    proc = subprocess.Popen(
-        [python, "-m", "gateway", "--host", "127.0.0.1", "--http_port", str(port), "--disable_log_requests", *args],
-        cwd=ROOT, stdout=log, stderr=subprocess.STDOUT,
-    )
-    base = f"http://127.0.0.1:{port}/openai/v1"
-    try:
-        deadline = time.monotonic() + 300
-        while True:
-            if proc.poll() is not None:
-                raise RuntimeError(f"server {args} exited with {proc.returncode}")
-            with contextlib.suppress(httpx.HTTPError):
-                if httpx.get(f"{base}/models", timeout=1).status_code == 200:
-                    break
-            if time.monotonic() > deadline:
-                raise RuntimeError("server did not start")
-            time.sleep(0.3)
-        yield base
-    finally:
-        proc.terminate()
-        proc.wait(30)
+    with gateway_process(args, python) as (base, _):
+        yield f"{base}/openai/v1"
 
 
 # -- in-process references ----------------------------------------------------------------------

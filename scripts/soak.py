@@ -25,7 +25,6 @@ import contextlib
 import json
 import os
 import random
-import socket
 import statistics
 import subprocess
 import sys
@@ -39,6 +38,8 @@ import httpx
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
+sys.path.insert(0, str(ROOT / "scripts"))
+from servers import free_port, gateway_process  # noqa: E402
 
 MESSAGES = [
     "What is the capital of France?", "Write a haiku about the sea.", "Explain recursion in one sentence.",
@@ -63,36 +64,14 @@ class Targets:
     embed_base: str | None
 
 
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 @contextlib.contextmanager
 def start_server(args: list[str]) -> Iterator[tuple[str, int, subprocess.Popen]]:
-    port, grpc_port = free_port(), free_port()
-    proc = subprocess.Popen(
-        [sys.executable, "-m", "gateway", "--host", "127.0.0.1", "--http_port", str(port), "--grpc_port", str(grpc_port),
-         "--disable_log_requests", *args],
-        cwd=ROOT, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
-    )
-    base = f"http://127.0.0.1:{port}"
+    grpc_port = free_port()
     try:
-        deadline = time.monotonic() + 300
-        while True:
-            if proc.poll() is not None:
-                raise SystemExit(f"server {args} exited with {proc.returncode}")
-            with contextlib.suppress(httpx.HTTPError):
-                if httpx.get(f"{base}/openai/v1/models", timeout=1).status_code == 200:
-                    break
-            if time.monotonic() > deadline:
-                raise SystemExit("server did not start")
-            time.sleep(0.3)
-        yield base, grpc_port, proc
-    finally:
-        proc.terminate()
-        proc.wait(60)
+        with gateway_process(args, grpc_port=grpc_port) as (base, proc):
+            yield base, grpc_port, proc
+    except RuntimeError as exc:
+        raise SystemExit(str(exc)) from None
 
 
 def rss_mb(pid: int) -> float:

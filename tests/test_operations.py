@@ -4,6 +4,7 @@ engine thread, and a graceful SIGTERM."""
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import logging
 import re
@@ -131,25 +132,32 @@ def test_keys_compare_whole_values_and_read_files(tmp_path):
     assert "from-file" not in repr(keys)
 
 
-async def test_api_keys_on_grpc(tiny_engine):
-    server = build_server(DataPlane(tiny_engine, "tiny"), interceptors=[ApiKeyInterceptor(ApiKeys(["g-key"]))])
+@contextlib.asynccontextmanager
+async def grpc_channel(engine, interceptors):
+    """A real gRPC server on loopback with these interceptors, and a channel to it."""
+    server = build_server(DataPlane(engine, "tiny"), interceptors=interceptors)
     port = free_port()
     server.add_insecure_port(f"127.0.0.1:{port}")
     await server.start()
     try:
         async with grpc.aio.insecure_channel(f"127.0.0.1:{port}") as channel:
-            stub = pb_grpc.GRPCInferenceServiceStub(channel)
-            with pytest.raises(grpc.aio.AioRpcError) as err:
-                await stub.ServerLive(pb.ServerLiveRequest())
-            assert err.value.code() == grpc.StatusCode.UNAUTHENTICATED
-            live = await stub.ServerLive(pb.ServerLiveRequest(), metadata=(("authorization", "Bearer g-key"),))
-            assert live.live
-            from grpc_health.v1 import health_pb2, health_pb2_grpc
-
-            health = await health_pb2_grpc.HealthStub(channel).Check(health_pb2.HealthCheckRequest())
-            assert health.status in (health_pb2.HealthCheckResponse.SERVING, health_pb2.HealthCheckResponse.NOT_SERVING)
+            yield channel
     finally:
         await server.stop(0)
+
+
+async def test_api_keys_on_grpc(tiny_engine):
+    async with grpc_channel(tiny_engine, [ApiKeyInterceptor(ApiKeys(["g-key"]))]) as channel:
+        stub = pb_grpc.GRPCInferenceServiceStub(channel)
+        with pytest.raises(grpc.aio.AioRpcError) as err:
+            await stub.ServerLive(pb.ServerLiveRequest())
+        assert err.value.code() == grpc.StatusCode.UNAUTHENTICATED
+        live = await stub.ServerLive(pb.ServerLiveRequest(), metadata=(("authorization", "Bearer g-key"),))
+        assert live.live
+        from grpc_health.v1 import health_pb2, health_pb2_grpc
+
+        health = await health_pb2_grpc.HealthStub(channel).Check(health_pb2.HealthCheckRequest())
+        assert health.status in (health_pb2.HealthCheckResponse.SERVING, health_pb2.HealthCheckResponse.NOT_SERVING)
 
 
 async def test_grpc_requests_get_records_metrics_and_log_lines(tiny_engine, caplog):
@@ -157,21 +165,14 @@ async def test_grpc_requests_get_records_metrics_and_log_lines(tiny_engine, capl
     from gateway.observability import ObservedEngine
 
     metrics = Metrics("tiny")
-    server = build_server(DataPlane(ObservedEngine(tiny_engine, metrics), "tiny"), interceptors=[AccessInterceptor(metrics, log_format="json")])
-    port = free_port()
-    server.add_insecure_port(f"127.0.0.1:{port}")
-    await server.start()
-    try:
-        async with grpc.aio.insecure_channel(f"127.0.0.1:{port}") as channel:
-            stub = pb_grpc.GRPCInferenceServiceStub(channel)
-            req = pb.ModelInferRequest(model_name="tiny")
-            req.inputs.add(name="text", datatype="BYTES", shape=[1]).contents.bytes_contents.append(b"Once")
-            req.parameters["max_tokens"].int64_param = 3
-            await stub.ModelInfer(req, metadata=(("x-request-id", "grpc-7"),))
-            with pytest.raises(grpc.aio.AioRpcError) as err:
-                await stub.ModelInfer(pb.ModelInferRequest(model_name="other"))
-    finally:
-        await server.stop(0)
+    async with grpc_channel(ObservedEngine(tiny_engine, metrics), [AccessInterceptor(metrics, log_format="json")]) as channel:
+        stub = pb_grpc.GRPCInferenceServiceStub(channel)
+        req = pb.ModelInferRequest(model_name="tiny")
+        req.inputs.add(name="text", datatype="BYTES", shape=[1]).contents.bytes_contents.append(b"Once")
+        req.parameters["max_tokens"].int64_param = 3
+        await stub.ModelInfer(req, metadata=(("x-request-id", "grpc-7"),))
+        with pytest.raises(grpc.aio.AioRpcError) as err:
+            await stub.ModelInfer(pb.ModelInferRequest(model_name="other"))
     lines = [json.loads(r.getMessage()) for r in caplog.records if r.name == "gateway.access"]
     assert [(x["route"], x["status"]) for x in lines] == [("grpc /inference.GRPCInferenceService/ModelInfer", "OK"),
                                                         ("grpc /inference.GRPCInferenceService/ModelInfer", err.value.code().name)]
