@@ -20,3 +20,19 @@ def sse_events(body: str) -> list[Any]:
         events.append(payload if payload == "[DONE]" else json.loads(payload))
     assert events[-1] == "[DONE]" and "[DONE]" not in events[:-1]
     return events[:-1]
+
+
+def reference_logits(model_dir, arch, texts):
+    """Plain transformers, one text at a time: (input ids, logits) per text, the ground truth."""
+    import torch
+    import transformers
+    from transformers import AutoTokenizer
+
+    tok = AutoTokenizer.from_pretrained(model_dir)
+    model = getattr(transformers, arch).from_pretrained(model_dir).eval()
+    out = []
+    for text in texts:
+        enc = tok(text, return_tensors="pt")
+        with torch.no_grad():
+            out.append((enc["input_ids"][0].tolist(), model(**enc).logits[0]))
+    return out

@@ -8,23 +8,10 @@ import torch
 
 from engines import EngineError, ErrorCode, RequestContext
 from engines.tasks import Task
+from tests.helpers import reference_logits
 
 TEXTS = ["The capital of France is [MASK].", "Hello world", "A much longer sentence about a [MASK] and a [MASK] in Paris."]
 CTX = RequestContext("test")
-
-
-def reference(model_dir, arch, texts):
-    import transformers
-    from transformers import AutoTokenizer
-
-    tok = AutoTokenizer.from_pretrained(model_dir)
-    model = getattr(transformers, arch).from_pretrained(model_dir).eval()
-    out = []
-    for text in texts:
-        enc = tok(text, return_tensors="pt")
-        with torch.no_grad():
-            out.append((enc["input_ids"][0].tolist(), model(**enc).logits[0]))
-    return out
 
 
 def ids_of(engine, texts):
@@ -39,7 +26,7 @@ def test_tasks_are_inferred_from_architectures(encoder_engines):
 async def test_sequence_classification_matches_reference(encoder_engines, tiny_bert_dirs):
     engine = encoder_engines["sequence_classification"]
     results = await engine.classify(ids_of(engine, TEXTS), CTX)
-    for result, (ids, logits) in zip(results, reference(tiny_bert_dirs["sequence_classification"], "BertForSequenceClassification", TEXTS)):
+    for result, (ids, logits) in zip(results, reference_logits(tiny_bert_dirs["sequence_classification"], "BertForSequenceClassification", TEXTS)):
         assert result.labels == ("negative", "neutral", "positive") and result.prompt_tokens == len(ids)
         assert torch.allclose(torch.tensor(result.logits), logits, atol=1e-5)
 
@@ -47,7 +34,7 @@ async def test_sequence_classification_matches_reference(encoder_engines, tiny_b
 async def test_token_classification_matches_reference(encoder_engines, tiny_bert_dirs):
     engine = encoder_engines["token_classification"]
     results = await engine.classify_tokens(ids_of(engine, TEXTS), CTX)
-    for result, (ids, logits) in zip(results, reference(tiny_bert_dirs["token_classification"], "BertForTokenClassification", TEXTS)):
+    for result, (ids, logits) in zip(results, reference_logits(tiny_bert_dirs["token_classification"], "BertForTokenClassification", TEXTS)):
         assert result.token_ids == tuple(ids) and result.labels[1] == "B-PER"
         assert torch.allclose(torch.tensor(result.logits), logits, atol=1e-5)
 
@@ -57,7 +44,7 @@ async def test_fill_mask_matches_reference(encoder_engines, tiny_bert_dirs):
     masked = [TEXTS[0], TEXTS[2]]
     results = await engine.fill_mask(ids_of(engine, masked), CTX)
     mask_id = engine.tokenizer.hf.mask_token_id
-    for result, (ids, logits) in zip(results, reference(tiny_bert_dirs["fill_mask"], "BertForMaskedLM", masked)):
+    for result, (ids, logits) in zip(results, reference_logits(tiny_bert_dirs["fill_mask"], "BertForMaskedLM", masked)):
         positions = [i for i, t in enumerate(ids) if t == mask_id]
         assert result.positions == tuple(positions) and len(result.logits) == len(positions)
         assert torch.allclose(torch.tensor(result.logits), logits[positions], atol=1e-5)

@@ -6,6 +6,7 @@ import pytest
 import torch
 
 from tests.conftest import make_app
+from tests.helpers import reference_logits
 
 SENTENCES = ["Hello, my dog is cute.", "I did not like this film at all, it was long and dull."]
 MASKED = ["The capital of France is [MASK].", "The [MASK] of [MASK] is paris."]
@@ -22,20 +23,6 @@ async def both(http, name, texts):
     assert v1.status_code == 200, v1.text
     assert v2.status_code == 200, v2.text
     return v1.json(), v2.json()
-
-
-def reference_logits(model_dir, arch, texts):
-    import transformers
-    from transformers import AutoTokenizer
-
-    tok = AutoTokenizer.from_pretrained(model_dir)
-    model = getattr(transformers, arch).from_pretrained(model_dir).eval()
-    out = []
-    for text in texts:
-        enc = tok(text, return_tensors="pt")
-        with torch.no_grad():
-            out.append((enc["input_ids"][0], model(**enc).logits[0]))
-    return out
 
 
 async def test_sequence_classification(encoder_engines, tiny_bert_dirs):
@@ -67,7 +54,7 @@ async def test_fill_mask(encoder_engines, tiny_bert_dirs):
         v1, v2 = await both(http, "fill_mask", MASKED)
     expected = []
     for ids, logits in reference_logits(tiny_bert_dirs["fill_mask"], "BertForMaskedLM", MASKED):
-        positions = (ids == engine.tokenizer.hf.mask_token_id).nonzero().flatten().tolist()
+        positions = [i for i, t in enumerate(ids) if t == engine.tokenizer.hf.mask_token_id]
         expected.append(" ".join(engine.tokenizer.decode([int(logits[p].argmax())]).strip() for p in positions))
     assert v1 == {"predictions": expected}
     assert v2["outputs"][0]["datatype"] == "BYTES" and v2["outputs"][0]["data"] == expected
@@ -262,7 +249,7 @@ async def test_beyond_kserve_flags(encoder_engines, tiny_bert_dirs):
     ((top,),) = v1["predictions"]
     assert len(top) == 3 and top[0]["score"] >= top[1]["score"] >= top[2]["score"]
     ids, logits = reference_logits(tiny_bert_dirs["fill_mask"], "BertForMaskedLM", MASKED[:1])[0]
-    position = (ids == mlm.tokenizer.hf.mask_token_id).nonzero().flatten().tolist()[0]
+    position = ids.index(mlm.tokenizer.hf.mask_token_id)
     assert top[0]["token_id"] == int(logits[position].argmax())
     ner = encoder_engines["token_classification"]
     async with options_client(ner, return_label_names=True) as http:

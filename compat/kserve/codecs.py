@@ -79,7 +79,9 @@ BINARY_HEADER = "inference-header-content-length"
 _BINARY_FORMAT = {"INT64": "q", "INT32": "i", "INT16": "h", "INT8": "b", "UINT8": "B", "FP64": "d", "FP32": "f", "BOOL": "?"}
 
 
-def _unpack_bytes(raw: bytes) -> list[bytes]:
+def unpack_bytes(raw: bytes) -> list[bytes]:
+    """BYTES in binary form (the REST binary extension and gRPC raw contents alike): each element
+    is a 4-byte little-endian length, then that many bytes."""
     items, at = [], 0
     while at < len(raw):
         if at + 4 > len(raw):
@@ -91,6 +93,10 @@ def _unpack_bytes(raw: bytes) -> list[bytes]:
         items.append(raw[at : at + size])
         at += size
     return items
+
+
+def pack_bytes(items: list[bytes]) -> bytes:
+    return b"".join(len(b).to_bytes(4, "little") + b for b in items)
 
 
 def split_binary_request(raw: bytes, header_length: str) -> dict[str, Any]:
@@ -119,7 +125,7 @@ def split_binary_request(raw: bytes, header_length: str) -> dict[str, Any]:
         at += size
         datatype = tensor_.get("datatype")
         if datatype == "BYTES":
-            tensor_["data"] = _unpack_bytes(chunk)
+            tensor_["data"] = unpack_bytes(chunk)
         elif isinstance(datatype, str) and datatype in _BINARY_FORMAT:
             fmt = _BINARY_FORMAT[datatype]
             if len(chunk) % struct.calcsize(fmt):
@@ -145,7 +151,7 @@ def encode_binary_response(response: dict[str, Any], which: set[str] | bool) -> 
             continue
         data = out.pop("data")
         if out["datatype"] == "BYTES":
-            blob = b"".join(len(b).to_bytes(4, "little") + b for b in (str(x).encode() for x in data))
+            blob = pack_bytes([str(x).encode() for x in data])
         else:
             fmt = _BINARY_FORMAT[out["datatype"]]
             blob = struct.pack(f"<{len(data)}{fmt}", *data)

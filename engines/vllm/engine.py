@@ -30,18 +30,15 @@ from engines.channel import DeltaChannel
 from engines.choice import ChoiceState, LogprobEntry, output_budget
 from engines.detokenizer import decode_prompt_pieces
 from engines.errors import EngineError, ErrorCode
-from engines.hf.base import LoadedEngine
+from engines.hf.base import GenerativeOnly, LoadedEngine
 from engines.loader import LoadedModel
 from engines.structured import GrammarCompiler
 from engines.tasks import Task
 from engines.types import (
-    ClassificationResult,
     EmbeddingResult,
-    FillMaskResult,
     GenerationDelta,
     GenerationParams,
     RequestContext,
-    TokenClassificationResult,
     TokenLogprob,
 )
 from engines.validation import validate_encoder_inputs, validate_generation
@@ -112,8 +109,11 @@ def _merge(deltas: list[GenerationDelta]) -> GenerationDelta:
     )
 
 
-class VLLMEngine(LoadedEngine):
-    """Generation (decoder models) or embeddings (pooling models) on vLLM."""
+class VLLMEngine(GenerativeOnly, LoadedEngine):
+    """Generation (decoder models) or embeddings (pooling models) on vLLM; `embed` overrides the
+    mixin's refusal, and the encoder heads stay refused (they are served by transformers)."""
+
+    kind = "is served by vLLM"
 
     def __init__(
         self,
@@ -397,20 +397,3 @@ class VLLMEngine(LoadedEngine):
             return [float(x) for x in final.outputs.data.tolist()]
 
         return list(await asyncio.gather(*(one(i, ids) for i, ids in enumerate(inputs))))
-
-    async def classify(self, inputs: Sequence[Sequence[int]], ctx: RequestContext) -> list[ClassificationResult]:
-        raise self._not_here("sequence classification")
-
-    async def classify_tokens(self, inputs: Sequence[Sequence[int]], ctx: RequestContext) -> list[TokenClassificationResult]:
-        raise self._not_here("token classification")
-
-    async def fill_mask(self, inputs: Sequence[Sequence[int]], ctx: RequestContext) -> list[FillMaskResult]:
-        raise self._not_here("fill-mask")
-
-    def _not_here(self, what: str) -> EngineError:
-        return EngineError(
-            ErrorCode.UNSUPPORTED,
-            f"The model `{self._capabilities.model_name}` is served by vLLM, which does not serve {what} here.",
-            param="model",
-            reason="unsupported_model",
-        )

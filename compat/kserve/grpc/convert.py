@@ -5,6 +5,7 @@ from __future__ import annotations
 import struct
 from typing import Any
 
+from compat.kserve.codecs import pack_bytes, unpack_bytes
 from compat.kserve.errors import invalid_input
 from compat.kserve.grpc.generated import grpc_predict_v2_pb2 as pb
 
@@ -20,25 +21,6 @@ CONTENTS_FIELD = {
     "BYTES": "bytes_contents",
 }
 _RAW_FORMAT = {"INT64": "q", "INT32": "i", "FP64": "d", "FP32": "f", "BOOL": "?"}
-
-
-def unpack_bytes(raw: bytes) -> list[bytes]:
-    """BYTES raw contents: each element is a 4-byte little-endian length, then that many bytes."""
-    items, at = [], 0
-    while at < len(raw):
-        if at + 4 > len(raw):
-            raise invalid_input("Raw BYTES contents end in the middle of a length prefix.")
-        (size,) = struct.unpack_from("<I", raw, at)
-        at += 4
-        if at + size > len(raw):
-            raise invalid_input("A raw BYTES element is longer than the remaining contents.")
-        items.append(raw[at : at + size])
-        at += size
-    return items
-
-
-def pack_bytes(items: list[bytes]) -> bytes:
-    return b"".join(struct.pack("<I", len(b)) + b for b in items)
 
 
 def request_texts(request: pb.ModelInferRequest) -> list[bytes | str]:
