@@ -36,6 +36,11 @@ def is_openai_path(path: str) -> bool:
     return path.startswith("/openai") or path in ("/tokenize", "/detokenize")
 
 
+def is_playground_path(path: str) -> bool:
+    """The playground's own files: a page anyone may load (its API calls carry the key)."""
+    return path == "/playground" or path.startswith("/playground/")
+
+
 def face_of(path: str) -> str:
     if is_openai_path(path):
         return "openai"
@@ -102,7 +107,8 @@ class GatewayMiddleware:
 
         policy = self.policy
         try:
-            if policy.keys and (policy.protect_open_paths or path not in OPEN_PATHS) and scope["method"] != "OPTIONS":
+            open_path = path in OPEN_PATHS or is_playground_path(path)
+            if policy.keys and (policy.protect_open_paths or not open_path) and scope["method"] != "OPTIONS":
                 if not policy.keys.allows(headers):
                     await refuse(401, "Missing or invalid API key: send it as `Authorization: Bearer <key>`.", "invalid_api_key",
                                  {"WWW-Authenticate": "Bearer"})
@@ -156,5 +162,5 @@ class GatewayMiddleware:
             finally:
                 current_request.reset(token)
         finally:
-            if path not in ("/metrics", "/health", "/ready"):  # probes and scrapes are not requests
+            if path not in ("/metrics", "/health", "/ready") and not is_playground_path(path):  # probes, scrapes and page files are not requests
                 finish_record(record, self.metrics, face=face_of(path), log_format=policy.log_format if policy.access_log else None)

@@ -26,6 +26,7 @@ from gateway.disconnect import ClientDisconnected
 from gateway.auth import ApiKeys
 from gateway.middleware import GatewayMiddleware, HttpPolicy
 from gateway.observability import Metrics, ObservedEngine
+from gateway.playground import build_playground_router, playground_redirect, wants_html
 from gateway.openai.errors import OpenAIError, from_exception, from_validation_errors
 from gateway.openai.protocol import SamplingDefaults
 from gateway.openai.routes import JSONResponse, build_router, build_tokenizer_router
@@ -322,8 +323,14 @@ def create_app(settings: Settings, engine: Engine) -> FastAPI:
     app.include_router(build_v1_router(plane))
     app.include_router(build_v2_router(plane))
 
+    if not settings.disable_playground:
+        app.include_router(build_playground_router())
+
     @app.get("/")
-    async def liveness() -> Response:
+    async def liveness(request: Request) -> Response:
+        """KServe's liveness JSON; a browser navigating here is sent to the playground."""
+        if not settings.disable_playground and wants_html(request):
+            return playground_redirect()
         return JSONResponse({"status": "alive"})
 
     @app.get("/health")
@@ -418,6 +425,9 @@ def main(argv: Sequence[str] | None = None) -> None:
         caps.model_name, caps.root, caps.dtype, caps.max_model_len, settings.host, settings.http_port,
     )
     app = create_app(settings, engine)
+    if not settings.disable_playground:
+        shown_host = "127.0.0.1" if settings.host in ("0.0.0.0", "::", "") else settings.host
+        log.info("Playground (chat in a browser): http://%s:%d/playground", shown_host, settings.http_port)
     config = uvicorn.Config(
         app,
         host=settings.host,

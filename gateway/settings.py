@@ -108,6 +108,7 @@ class Settings:
     cors_allowed_origins: tuple[str, ...] = field(default=(), **_flag("Origins allowed to call the API from a browser (repeatable; * for any). Default: no CORS headers.", repeat=True, metavar="ORIGIN"))
     log_format: str = field(default="plain", **_flag("Format of the one-line-per-request access log.", choices=("plain", "json")))
     log_prompts: bool = field(default=False, **_flag("Also log prompts and sampling parameters (truncated by --max_log_len). Off: prompts are never logged."))
+    disable_playground: bool = field(default=False, **_flag("Do not serve the browser playground at /playground (and / stays JSON for browsers too)."))
     shutdown_grace_period: float = field(default=30.0, **_flag("On SIGTERM: seconds in-flight requests get to finish before they are aborted."))
     # -- vLLM ----------------------------------------------------------------------------------
     lora_modules: tuple[str, ...] = field(default=(), **_flag("vLLM backend: LoRA adapters served beside the base model, as name=path or vLLM's JSON form; address them by name in `model`. Repeatable; implies --enable-lora.", repeat=True, metavar="NAME=PATH"))
