@@ -114,6 +114,25 @@ async def test_full_queue_is_refused_then_recovers(small_engine):
     assert len(ids) == 2
 
 
+async def test_no_queue_still_serves_free_slots(tiny_dir):
+    """--max_waiting 0 means no queue, not no service: a request that finds a free slot runs,
+    the one beyond the batch is refused."""
+    engine = HFEngine.load(ModelSpec(model_dir=str(tiny_dir)), served_name="noqueue",
+                           limits=SchedulerLimits(max_num_seqs=1, max_waiting=0))
+    await engine.start()
+    try:
+        assert engine.stats()["saturated"] == 0
+        text, ids, finish = await run(engine, PROMPTS[1], max_tokens=2)
+        assert len(ids) == 2
+        async with saturated(engine, rows=1, queued=0):
+            assert engine.stats()["running"] == 1 and engine.stats()["saturated"] == 1
+            with pytest.raises(EngineError) as exc:
+                await run(engine, PROMPTS[1], max_tokens=2)
+            assert exc.value.code is ErrorCode.OVERLOADED
+    finally:
+        await engine.stop()
+
+
 async def test_preemption_keeps_outputs_exact(small_engine, tiny_engine):
     """Two rows that outgrow a 200-token KV budget: one is preempted and recomputed, same output."""
     kw = dict(max_tokens=120, temperature=0, ignore_eos=True)
