@@ -46,6 +46,29 @@ vllm_only = pytest.mark.skipif(TEST_ENGINE != "vllm", reason="runs on the vLLM e
 transformers_only = pytest.mark.skipif(TEST_ENGINE == "vllm", reason="about the transformers engine itself")
 
 
+def run_async(coro):
+    """asyncio.run, also where this thread already runs an event loop (Playwright's sync API keeps
+    one while a browser test runs): then on a short-lived thread of its own."""
+    try:
+        asyncio.get_running_loop()
+    except RuntimeError:
+        return asyncio.run(coro)
+    outcome: dict[str, object] = {}
+
+    def target() -> None:
+        try:
+            outcome["value"] = asyncio.run(coro)
+        except BaseException as exc:  # handed back to the caller
+            outcome["error"] = exc
+
+    thread = threading.Thread(target=target)
+    thread.start()
+    thread.join()
+    if "error" in outcome:
+        raise outcome["error"]  # type: ignore[misc]
+    return outcome.get("value")
+
+
 def load_test_engine(model_dir: Path, served_name: str, **kwargs):
     """The engine under test for a generation or embedding model, loaded the production way."""
     if TEST_ENGINE == "vllm":
@@ -94,9 +117,9 @@ def tiny_dir(tmp_path_factory: pytest.TempPathFactory, smollm_dir: Path) -> Path
 @pytest.fixture(scope="session")
 def tiny_engine(tiny_dir: Path) -> Iterator[Engine]:
     engine = load_test_engine(tiny_dir, "tiny")
-    asyncio.run(engine.start())
+    run_async(engine.start())
     yield engine
-    asyncio.run(engine.stop())
+    run_async(engine.stop())
 
 
 def make_app(engine, **settings):
@@ -173,9 +196,9 @@ def minilm_dir() -> Path:
 @pytest.fixture(scope="session")
 def minilm_engine(minilm_dir: Path):
     engine = load_test_engine(minilm_dir, "minilm")
-    asyncio.run(engine.start())
+    run_async(engine.start())
     yield engine
-    asyncio.run(engine.stop())
+    run_async(engine.stop())
 
 
 @pytest.fixture
@@ -197,10 +220,10 @@ def encoder_engines(tiny_bert_dirs):
 
     engines = {task: load_engine(ModelSpec(model_dir=str(d)), served_name=task) for task, d in tiny_bert_dirs.items()}
     for engine in engines.values():
-        asyncio.run(engine.start())
+        run_async(engine.start())
     yield engines
     for engine in engines.values():
-        asyncio.run(engine.stop())
+        run_async(engine.stop())
 
 
 @pytest.fixture(scope="session")
@@ -214,6 +237,6 @@ def t5_engine(tiny_t5_dir):
     from engines.hf import load_engine
 
     engine = load_engine(ModelSpec(model_dir=str(tiny_t5_dir)), served_name="t5")
-    asyncio.run(engine.start())
+    run_async(engine.start())
     yield engine
-    asyncio.run(engine.stop())
+    run_async(engine.stop())

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import re
 from typing import Any
 
 
@@ -36,3 +37,14 @@ def reference_logits(model_dir, arch, texts):
         with torch.no_grad():
             out.append((enc["input_ids"][0].tolist(), model(**enc).logits[0]))
     return out
+
+
+def metric_sample(text: str, name: str, **labels: str) -> float:
+    """One sample's value from Prometheus text (0 when absent)."""
+    want = ",".join(f'{k}="{v}"' for k, v in labels.items())
+    pattern = re.compile(rf"^{re.escape(name)}\{{([^}}]*)\}} (\S+)$", re.M)
+    total = 0.0
+    for found_labels, value in pattern.findall(text):
+        if all(part in found_labels.split(",") for part in want.split(",") if part):
+            total += float(value)
+    return total

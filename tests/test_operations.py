@@ -7,7 +7,6 @@ import asyncio
 import contextlib
 import json
 import logging
-import re
 import signal
 import time
 
@@ -24,23 +23,13 @@ from gateway.auth import ApiKeys
 from gateway.grpc_interceptors import AccessInterceptor, ApiKeyInterceptor
 from gateway.observability import Metrics
 from tests.conftest import TEST_ENGINE, free_port, make_app
+from tests.helpers import metric_sample as sample
 
 CHAT = {"model": "tiny", "messages": [{"role": "user", "content": "Hi"}], "max_tokens": 8, "temperature": 0}
 
 
 def client_for(app) -> httpx.AsyncClient:
     return httpx.AsyncClient(transport=httpx.ASGITransport(app=app), base_url="http://test")
-
-
-def sample(text: str, name: str, **labels: str) -> float:
-    """One sample's value from Prometheus text (0 when absent)."""
-    want = ",".join(f'{k}="{v}"' for k, v in labels.items())
-    pattern = re.compile(rf"^{re.escape(name)}\{{([^}}]*)\}} (\S+)$", re.M)
-    total = 0.0
-    for found_labels, value in pattern.findall(text):
-        if all(part in found_labels.split(",") for part in want.split(",") if part):
-            total += float(value)
-    return total
 
 
 # -- metrics --------------------------------------------------------------------------------------
