@@ -107,8 +107,10 @@ class GatewayMiddleware:
 
         policy = self.policy
         try:
-            open_path = path in OPEN_PATHS or is_playground_path(path)
-            if policy.keys and (policy.protect_open_paths or not open_path) and scope["method"] != "OPTIONS":
+            # The playground's files are always open: a browser cannot send a key when it opens a
+            # page, and they hold nothing secret (the page's API calls carry the key).
+            protected = not is_playground_path(path) and (policy.protect_open_paths or path not in OPEN_PATHS)
+            if policy.keys and protected and scope["method"] != "OPTIONS":
                 if not policy.keys.allows(headers):
                     await refuse(401, "Missing or invalid API key: send it as `Authorization: Bearer <key>`.", "invalid_api_key",
                                  {"WWW-Authenticate": "Bearer"})

@@ -205,6 +205,12 @@ def test_page_files_root_redirect_and_switch(tiny_engine):
                 assert probe.status_code == 200 and probe.json() == {"status": "alive"}, accept
             assert (await http.get("/openai/v1/models")).status_code == 401  # the API still wants the key
 
+        strict = make_app(tiny_engine, api_key=(KEY,), auth_health_and_metrics=True, disable_log_requests=True)
+        async with httpx.AsyncClient(transport=httpx.ASGITransport(app=strict), base_url="http://t") as http:
+            assert (await http.get("/playground")).status_code == 200  # a page load cannot carry a key
+            assert (await http.get("/playground/app.js")).status_code == 200
+            assert (await http.get("/metrics")).status_code == 401
+
         off = make_app(tiny_engine, disable_playground=True, disable_log_requests=True)
         async with httpx.AsyncClient(transport=httpx.ASGITransport(app=off), base_url="http://t") as http:
             assert (await http.get("/playground")).status_code == 404
