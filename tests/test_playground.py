@@ -323,6 +323,7 @@ def test_errors_are_shown(open_page, chat_server, deadline_server):
     error = page.wait_for_answer(0).locator(".error")
     assert error.get_attribute("data-status") == "400"
     assert "temperature" in error.inner_text()
+    assert re.fullmatch(r"request id [0-9a-f]{32}", error.locator(".request-id").inner_text())  # to find it in the access log
     assert page.page.input_value("#prompt") == "Too hot"  # given back to edit
 
     # 429: the only batch slot is taken by another client.

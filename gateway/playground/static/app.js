@@ -17,12 +17,13 @@ const $ = (id) => document.getElementById(id);
 const state = { cards: new Map(), history: [], controller: null };
 
 class ApiError extends Error {
-  constructor(status, message, code = "", { inBand = false, retryAfter = null } = {}) {
+  constructor(status, message, code = "", { inBand = false, retryAfter = null, requestId = null } = {}) {
     super(message);
     this.status = status;
     this.code = code;
     this.inBand = inBand;
     this.retryAfter = retryAfter;
+    this.requestId = requestId;  // the server's x-request-id: what its access log and traces carry
   }
 
   get title() {
@@ -62,7 +63,9 @@ async function errorFrom(response) {
   } catch {
     // not JSON: keep the text
   }
-  return new ApiError(response.status, message, code, { retryAfter: response.headers.get("retry-after") });
+  return new ApiError(response.status, message, code, {
+    retryAfter: response.headers.get("retry-after"), requestId: response.headers.get("x-request-id"),
+  });
 }
 
 async function api(path, body) {
@@ -79,6 +82,7 @@ function errorBox(error) {
     box.dataset.status = error.inBand ? "stream" : String(error.status);
     box.append(node("strong", "", error.title), node("span", "", error.message));
     if (error.retryAfter) box.append(node("span", "", `Retry after ${error.retryAfter} s.`));
+    if (error.requestId) box.append(node("small", "request-id", `request id ${error.requestId}`));
   } else {
     box.dataset.status = "network";
     box.append(node("strong", "", "Network error"), node("span", "", String(error.message || error)));
@@ -245,7 +249,7 @@ async function send(text) {
     for await (const chunk of sseEvents(response)) {
       if (chunk.error) {
         const e = chunk.error;
-        throw new ApiError(0, e.message ?? String(e), e.code || e.type || "", { inBand: true });
+        throw new ApiError(0, e.message ?? String(e), e.code || e.type || "", { inBand: true, requestId: response.headers.get("x-request-id") });
       }
       for (const choice of chunk.choices ?? []) {
         const delta = choice.delta?.content ?? "";
