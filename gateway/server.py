@@ -427,6 +427,7 @@ def main(argv: Sequence[str] | None = None) -> None:
     app = create_app(settings, engine)
     if not settings.disable_playground:
         shown_host = "127.0.0.1" if settings.host in ("0.0.0.0", "::", "") else settings.host
+        shown_host = f"[{shown_host}]" if ":" in shown_host else shown_host  # an IPv6 address in a URL
         log.info("Playground (chat in a browser): http://%s:%d/playground", shown_host, settings.http_port)
     config = uvicorn.Config(
         app,
