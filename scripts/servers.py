@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import random
 import socket
 import subprocess
 import sys
@@ -15,8 +16,27 @@ import httpx
 ROOT = Path(__file__).resolve().parents[1]
 
 
+def _ephemeral_range_start() -> int:
+    try:
+        return int(Path("/proc/sys/net/ipv4/ip_local_port_range").read_text().split()[0])
+    except (OSError, ValueError, IndexError):
+        return 32768  # Linux's default
+
+
 def free_port() -> int:
-    with socket.socket() as s:
+    """A port nothing listens on, taken from below the kernel's ephemeral range. A server binds
+    it only seconds later (after loading its model); a port from the ephemeral range could be
+    taken meanwhile as the local port of some client's outgoing connection."""
+    top = _ephemeral_range_start()
+    for _ in range(100):
+        port = random.randrange(max(1024, top - 10000), top)
+        with socket.socket() as s:
+            try:
+                s.bind(("127.0.0.1", port))
+            except OSError:
+                continue
+        return port
+    with socket.socket() as s:  # a crowded range: let the kernel choose
         s.bind(("127.0.0.1", 0))
         return s.getsockname()[1]
 

@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import asyncio
 import os
-import socket
 import sys
 import threading
 import time
@@ -29,6 +28,7 @@ from engines.loader import ModelSpec, resolve_source
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "scripts"))
 from make_tiny_models import HEADS, build_bert, build_t5  # noqa: E402
+from servers import free_port  # noqa: E402
 
 # ChatML plus a template-level error, so tests can check that template failures are 400s.
 TINY_CHAT_TEMPLATE = (
@@ -144,12 +144,6 @@ def http(tiny_app) -> httpx.AsyncClient:
 def client(http: httpx.AsyncClient) -> openai.AsyncOpenAI:
     """The official SDK against the app in-process."""
     return openai.AsyncOpenAI(base_url="http://test/openai/v1", api_key="x", http_client=http, max_retries=0)
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 class ThreadedServer:
