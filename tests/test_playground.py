@@ -312,6 +312,17 @@ def test_stop_aborts_the_generation_on_the_server(open_page, chat_server):
     assert answer.locator(".finish").inner_text() == "finish: stopped"
     assert page.page.is_visible("#send") and not page.page.is_visible("#stop")
 
+    # "New chat" in the middle of an answer stops it too, and the old turn does not leak into the new chat.
+    page.send("Another long one")
+    page.answers().nth(1).locator(".content").filter(has_text=re.compile(r"\S")).wait_for()
+    page.page.click("#new-chat")
+    wait_for(lambda: running(base) == 0, timeout=5, what="the server to stop generating")
+    assert page.answers().count() == 0
+    page.set(max_tokens="4")
+    page.send("Short")
+    page.wait_for_answer(0)
+    assert page.chat_bodies[-1]["messages"] == [{"role": "user", "content": "Short"}]
+
 
 def test_errors_are_shown(open_page, chat_server, deadline_server):
     base = chat_server.base_url

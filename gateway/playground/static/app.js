@@ -14,7 +14,7 @@ const SETTING_IDS = ["system-prompt", "temperature", "top-p", "max-tokens", "see
 const CHAT_TASKS = ["text_generation", "text2text_generation"];
 
 const $ = (id) => document.getElementById(id);
-const state = { cards: new Map(), history: [], controller: null };
+const state = { cards: new Map(), history: [], controller: null, conversation: 0 };
 
 class ApiError extends Error {
   constructor(status, message, code = "", { inBand = false, retryAfter = null, requestId = null } = {}) {
@@ -229,6 +229,10 @@ async function send(text) {
 
   const controller = new AbortController();
   state.controller = controller;
+  const conversation = state.conversation;  // "New chat" while this streams must not get this turn
+  const keep = () => {
+    if (state.conversation === conversation) state.history.push(user, { role: "assistant", content: answerText });
+  };
   setBusy(true);
   const started = performance.now();
   const stats = { ttft: null, usage: null, finish: null, decodeSeconds: 0 };
@@ -267,11 +271,11 @@ async function send(text) {
       }
       if (chunk.usage) stats.usage = chunk.usage;
     }
-    state.history.push(user, { role: "assistant", content: answerText });
+    keep();
   } catch (error) {
     if (error.name === "AbortError") {
       stats.finish = "stopped";  // the browser closed the connection; the server aborted the generation
-      state.history.push(user, { role: "assistant", content: answerText });
+      if (answerText) keep();  // what was said so far stays in the conversation
     } else {
       userItem.classList.add("failed");
       userItem.title = "Not kept in the conversation";
@@ -285,9 +289,11 @@ async function send(text) {
     render();
     answer.classList.remove("streaming");
     if (!answer.classList.contains("failed") || answerText) answer.append(statsLine(stats));
-    state.controller = null;
-    setBusy(false);
-    $("prompt").focus();
+    if (state.controller === controller) {  // not already handed over by "New chat"
+      state.controller = null;
+      setBusy(false);
+      $("prompt").focus();
+    }
   }
 }
 
@@ -352,7 +358,11 @@ function main() {
   });
   $("stop").addEventListener("click", () => state.controller?.abort());
   $("new-chat").addEventListener("click", () => {
-    state.controller?.abort();
+    const streaming = state.controller;
+    state.controller = null;
+    streaming?.abort();
+    setBusy(false);
+    state.conversation += 1;
     state.history = [];
     $("messages").replaceChildren();
     $("prompt").focus();
