@@ -7,7 +7,7 @@ import logging
 import math
 import sys
 import time
-from collections.abc import AsyncIterator, Sequence
+from collections.abc import AsyncIterator, Iterator, Sequence
 from typing import Any
 
 from fastapi import FastAPI, Request
@@ -66,6 +66,25 @@ def model_spec(settings: Settings) -> ModelSpec:
     )
 
 
+@contextlib.contextmanager
+def model_errors_stop_startup() -> Iterator[None]:
+    """A model that cannot be found or read stops start-up with its message (exit 1)."""
+    try:
+        yield
+    except (ModelNotFoundError, ValueError, OSError) as exc:
+        raise StartupError(str(exc)) from None
+
+
+def capacity(settings: Settings) -> dict[str, Any]:
+    """What every generation engine takes from the serving flags."""
+    return {
+        "served_name": settings.model_name,
+        "max_num_seqs": settings.max_num_seqs,
+        "max_waiting": settings.max_waiting,
+        "kv_cache_memory_gb": settings.kv_cache_memory_gb,
+    }
+
+
 def build_engine(settings: Settings) -> Engine:
     """Pick and load the engine (blocking: seconds to minutes).
 
@@ -82,10 +101,8 @@ def build_engine(settings: Settings) -> Engine:
         from engines import vllm as vllm_backend
 
         if vllm_backend.installed():
-            try:
+            with model_errors_stop_startup():
                 light = load_model(spec, weights=False)  # config and tokenizer only
-            except (ModelNotFoundError, ValueError, OSError) as exc:
-                raise StartupError(str(exc)) from None
             reason = vllm_backend.probe(light.config, light.task)
             if reason is None:
                 return build_vllm_engine(settings, spec, light)
@@ -102,18 +119,11 @@ def build_engine(settings: Settings) -> Engine:
     from engines.hf import load_engine
 
     log.info("Engine: transformers (%s)", reason)
-    try:
+    with model_errors_stop_startup():
         return load_engine(
-            spec,
-            served_name=settings.model_name,
-            max_num_seqs=settings.max_num_seqs,
-            max_waiting=settings.max_waiting,
-            kv_cache_memory_gb=settings.kv_cache_memory_gb,
-            encoder_batch_wait_ms=settings.encoder_batch_wait_ms,
-            encoder_max_batch=settings.encoder_max_batch,
+            spec, **capacity(settings),
+            encoder_batch_wait_ms=settings.encoder_batch_wait_ms, encoder_max_batch=settings.encoder_max_batch,
         )
-    except (ModelNotFoundError, ValueError, OSError) as exc:
-        raise StartupError(str(exc)) from None
 
 
 def build_vllm_engine(settings: Settings, spec: ModelSpec, light: LoadedModel) -> Engine:
@@ -124,21 +134,13 @@ def build_vllm_engine(settings: Settings, spec: ModelSpec, light: LoadedModel) -
 
     archs = ", ".join(getattr(light.config, "architectures", None) or [])
     log.info("Engine: vLLM %s (backend=%s: vLLM imports and supports %s for %s)", vllm.__version__, settings.backend, archs, light.task.value)
-    try:
-        return vllm_backend.load_engine(
-            spec,
-            served_name=settings.model_name,
-            engine_argv=settings.engine_args,
-            lora_modules=settings.lora_modules,
-            max_num_seqs=settings.max_num_seqs,
-            max_waiting=settings.max_waiting,
-            kv_cache_memory_gb=settings.kv_cache_memory_gb,
-            loaded=light,
-        )
-    except EngineArgsError as exc:
-        raise UsageError(f"hf-gateway: error: {exc}") from None
-    except (ValueError, OSError) as exc:
-        raise StartupError(str(exc)) from None
+    with model_errors_stop_startup():
+        try:
+            return vllm_backend.load_engine(
+                spec, **capacity(settings), engine_argv=settings.engine_args, lora_modules=settings.lora_modules, loaded=light,
+            )
+        except EngineArgsError as exc:  # a ValueError, but the user's flags are at fault: exit 2
+            raise UsageError(f"hf-gateway: error: {exc}") from None
 
 
 def build_predictor_engine(settings: Settings) -> Engine:
@@ -146,10 +148,8 @@ def build_predictor_engine(settings: Settings) -> Engine:
     from compat.kserve.transformer import PredictorConfig, PredictorEngine
     from engines.tasks import ENCODER_TASKS
 
-    try:
+    with model_errors_stop_startup():
         loaded = load_model(model_spec(settings), weights=False)
-    except (ModelNotFoundError, ValueError, OSError) as exc:
-        raise StartupError(str(exc)) from None
     if loaded.task not in ENCODER_TASKS:
         raise StartupError(f"Transformer mode (--predictor_host) serves encoder tasks only, not {loaded.task.value}.")
     names = tuple(n.strip() for n in (settings.tensor_input_names or "").split(",") if n.strip())

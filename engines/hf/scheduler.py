@@ -147,7 +147,7 @@ class GenerationScheduler:
                 raise EngineError(ErrorCode.UNAVAILABLE, "The generation engine is not running.")
             if seq.request_id in self._by_id:
                 raise EngineError(ErrorCode.INVALID_REQUEST, f"Duplicate request id {seq.request_id}")
-            if self._full():
+            if self.saturated:
                 raise EngineError(
                     ErrorCode.OVERLOADED,
                     f"The server is at capacity ({self.limits.max_waiting} requests waiting); retry shortly.",
@@ -168,14 +168,11 @@ class GenerationScheduler:
                 self._by_id.pop(request_id, None)
             self._cond.notify()
 
-    def _full(self) -> bool:
+    @property
+    def saturated(self) -> bool:
         # Requests in flight (running or queued) against batch slots plus queue places, as in
         # the vLLM engine: with --max_waiting 0 a request that finds a free slot still runs.
         return len(self._by_id) >= self.limits.max_num_seqs + self.limits.max_waiting
-
-    @property
-    def saturated(self) -> bool:
-        return self._full()
 
     def stats(self) -> dict[str, int]:
         with self._cond:

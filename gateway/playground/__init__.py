@@ -11,6 +11,7 @@ script or reach another host.
 from __future__ import annotations
 
 from importlib import resources
+from pathlib import PurePath
 
 from fastapi import APIRouter, Request, Response
 from fastapi.responses import RedirectResponse
@@ -33,7 +34,7 @@ def _load_files() -> dict[str, tuple[bytes, str]]:
     root = resources.files(__package__) / "static"
     files = {}
     for entry in root.iterdir():
-        suffix = "." + entry.name.rsplit(".", 1)[-1]
+        suffix = PurePath(entry.name).suffix
         if entry.is_file() and suffix in _MEDIA_TYPES:
             files[entry.name] = (entry.read_bytes(), _MEDIA_TYPES[suffix])
     return files
