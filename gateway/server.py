@@ -21,6 +21,7 @@ from compat.kserve.tasks import KServeOptions
 from compat.kserve.v1 import build_v1_router
 from compat.kserve.v2_rest import build_v2_router
 from engines import Engine, EngineError
+from engines.template_pool import TemplateLimits
 from engines.loader import LoadedModel, ModelNotFoundError, ModelSpec, load_model
 from gateway.disconnect import ClientDisconnected
 from gateway.auth import ApiKeys
@@ -308,6 +309,9 @@ def create_app(settings: Settings, engine: Engine) -> FastAPI:
         )
     install_error_handlers(app)
 
+    engine.tokenizer.configure_templates(
+        TemplateLimits(timeout_s=settings.chat_template_timeout, memory_mb=settings.chat_template_memory_mb)
+    )
     config = openai_config(settings)
     chat = ChatService(engine, config)
     router = build_router(

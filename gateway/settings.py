@@ -95,7 +95,9 @@ class Settings:
     stream_ping_interval: float = field(default=15.0, **_flag("Seconds between SSE keep-alive comments while a stream waits."))
     max_n: int = field(default=16, **_flag("Largest `n` (and `best_of`) a request may ask for."))
     max_logprobs: int = field(default=20, **_flag("Largest number of alternatives per token for `logprobs` / `top_logprobs`."))
-    trust_request_chat_template: bool = field(default=False, **_flag("Let requests bring their own `chat_template` (Jinja runs in a sandbox, but templates can be costly)."))
+    trust_request_chat_template: bool = field(default=False, **_flag("Let requests bring their own `chat_template` (rendered in a sandboxed worker process with the bounds below)."))
+    chat_template_timeout: float = field(default=5.0, **_flag("Seconds one chat-template render may take (the model's template or a request's); longer is a 400."))
+    chat_template_memory_mb: int = field(default=512, **_flag("Memory, in MiB, a chat-template worker process may use for one render; more is a 400."))
     # -- operations ----------------------------------------------------------------------------
     api_key: tuple[str, ...] = field(default=(), **_flag("Require this API key (repeatable; env: comma-separated) as `Authorization: Bearer <key>` or `x-api-key`, on every face.", repeat=True, metavar="KEY"))
     api_key_file: str | None = field(default=None, **_flag("A file with one API key per line (Kubernetes secrets mount well here)."))

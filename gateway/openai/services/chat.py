@@ -8,6 +8,7 @@ from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
 from typing import Any
 
+from engines import Engine
 from engines.tasks import Task
 from gateway.openai.errors import invalid
 from gateway.openai.protocol import (
@@ -22,6 +23,7 @@ from gateway.openai.protocol import (
 from gateway.openai.services.common import (
     Collected,
     Generation,
+    OpenAIConfig,
     Prepared,
     ServiceBase,
     collect_all,
@@ -37,6 +39,23 @@ from gateway.openai.services.tools import ToolPlan, plan_tools
 from gateway.usage import UsageTracker
 
 
+# Template arguments a request sets at the top level, where they are checked.
+TOP_LEVEL_TEMPLATE_ARGS = frozenset({"chat_template", "add_generation_prompt", "continue_final_message", "tools", "documents"})
+# Arguments of the rendering itself, or of the tokenizer after it: never the client's to set.
+RESERVED_TEMPLATE_ARGS = frozenset({
+    "messages", "conversation", "tokenize", "return_dict", "return_tensors", "padding", "truncation", "max_length",
+    "tokenizer_kwargs", "return_assistant_tokens_mask", "sanitize_control_tokens",
+})
+
+
+@dataclass(frozen=True)
+class TemplateOptions:
+    add_generation_prompt: bool
+    continue_final_message: bool
+    chat_template: str | None
+    kwargs: dict[str, Any]
+
+
 @dataclass
 class ChatPlan:
     prepared: Prepared
@@ -45,6 +64,11 @@ class ChatPlan:
 
 
 class ChatService(ServiceBase):
+    def __init__(self, engine: Engine, config: OpenAIConfig) -> None:
+        super().__init__(engine, config)
+        if engine.tokenizer.chat_template is not None:
+            engine.tokenizer.templates().warm()  # the first chat request does not wait for a worker to start
+
     # -- prompt building ----------------------------------------------------------------------
 
     def _template_messages(self, messages: list[ChatMessage]) -> list[dict[str, Any]]:
@@ -76,7 +100,9 @@ class ChatService(ServiceBase):
     @staticmethod
     def _history_call(i: int, j: int, call: dict[str, Any]) -> dict[str, Any]:
         """Templates expect `arguments` as an object (the HF convention); OpenAI sends a string."""
-        fn = call.get("function") or {}
+        fn = call.get("function")
+        if not isinstance(fn, dict):
+            raise invalid("Each tool call needs a `function` object.", f"messages[{i}].tool_calls[{j}].function")
         if not isinstance(fn.get("name"), str):
             raise invalid("Each tool call needs `function.name`.", f"messages[{i}].tool_calls[{j}].function.name")
         arguments = fn.get("arguments", "{}")
@@ -110,8 +136,10 @@ class ChatService(ServiceBase):
             texts.append(part.text)
         return "\n".join(texts)
 
-    def template_options(self, req: ChatCompletionRequest) -> dict[str, Any]:
-        """add_generation_prompt, continue_final_message, chat_template(_kwargs), reasoning_effort."""
+    def template_options(self, req: ChatCompletionRequest) -> TemplateOptions:
+        """add_generation_prompt, continue_final_message, chat_template(_kwargs), reasoning_effort,
+        each checked once: a template argument cannot override what the request says at the top
+        level, nor bring a template past the operator's gate."""
         add_generation_prompt = True if req.add_generation_prompt is None else req.add_generation_prompt
         continue_final = bool(req.continue_final_message)
         if continue_final and add_generation_prompt:
@@ -130,32 +158,36 @@ class ChatService(ServiceBase):
                 code="unsupported_parameter",
             )
         kwargs = dict(req.chat_template_kwargs or {})
+        for key in kwargs:
+            if key in TOP_LEVEL_TEMPLATE_ARGS:
+                raise invalid(
+                    f"`chat_template_kwargs.{key}` is not allowed: send `{key}` as a top-level parameter of the request.",
+                    f"chat_template_kwargs.{key}",
+                )
+            if key in RESERVED_TEMPLATE_ARGS:
+                raise invalid(
+                    f"`chat_template_kwargs.{key}` is not allowed: the server sets it.", f"chat_template_kwargs.{key}"
+                )
         if req.reasoning_effort is not None:
             kwargs.setdefault("reasoning_effort", req.reasoning_effort)
-        return {
-            "add_generation_prompt": add_generation_prompt,
-            "continue_final_message": continue_final,
-            "chat_template": req.chat_template,
-            **kwargs,
-        }
-
-    def render(
-        self, messages: list[dict[str, Any]], options: dict[str, Any], tools: Any = None, add_special_tokens: bool = False
-    ) -> tuple[str, list[int]]:
-        """Messages to prompt text and ids (blocking: run it in a thread)."""
-        tok = self.engine.tokenizer
-        if tools:
-            options = {**options, "tools": tools}
-        text = tok.apply_chat_template(messages, **options)
-        # The template normally holds BOS and friends already: no special tokens unless asked.
-        return text, tok.encode(text, add_special_tokens=add_special_tokens)
+        return TemplateOptions(add_generation_prompt, continue_final, req.chat_template, kwargs)
 
     async def prompt_ids(self, req: ChatCompletionRequest, tools: Any = None) -> tuple[str, list[int]]:
         messages = self._template_messages(req.messages)
         options = self.template_options(req)
-        # Template rendering and tokenization are CPU work: keep them off the event loop.
+        tok = self.engine.tokenizer
+        # The template renders in a bounded worker process; tokenizing is CPU work for a thread.
         # Template errors arrive as EngineError(reason="template_error") and map to a 400.
-        text, ids = await asyncio.to_thread(self.render, messages, options, tools, req.add_special_tokens)
+        text = await tok.render_chat(
+            messages,
+            add_generation_prompt=options.add_generation_prompt,
+            continue_final_message=options.continue_final_message,
+            chat_template=options.chat_template,
+            tools=tools or None,
+            template_kwargs=options.kwargs,
+        )
+        # The template normally holds BOS and friends already: no special tokens unless asked.
+        ids = await asyncio.to_thread(tok.encode, text, add_special_tokens=req.add_special_tokens)
         return text, self.truncate(ids, req.truncate_prompt_tokens)
 
     async def plan(self, req: ChatCompletionRequest) -> ChatPlan:
