@@ -91,7 +91,7 @@ async def test_chat_errors(http, body, code, param, stream):
         ({"prompt": "x", "truncate_prompt_tokens": 0}, "invalid_value", "truncate_prompt_tokens"),
         ({"prompt": [10**9]}, "invalid_token_id", "prompt"),
         ({"prompt": "x", "max_tokens": 4096}, "context_length_exceeded", "max_tokens"),
-        ({"prompt": "x", "seed": 2**64}, "invalid_value", "seed"),
+        ({"prompt": "x", "seed": 2**64}, "invalid_type", "seed"),  # past 64 bits JSON parses it as a float
         ({"prompt": 5}, "invalid_type", "prompt"),
     ],
 )

@@ -40,6 +40,16 @@ def v2_texts(body: Any) -> list[str]:
     return [_text(x, f"inputs[0].data[{i}]") for i, x in enumerate(flat)]
 
 
+def parameters_of(body: Any, where: str = "parameters") -> dict[str, Any]:
+    """A request's `parameters`: absent, null or an object (KServe reads it as a dict)."""
+    params = body.get("parameters") if isinstance(body, dict) else None
+    if params is None:
+        return {}
+    if not isinstance(params, dict):
+        raise invalid_input(f'"{where}" must be an object, got {type(params).__name__}.')
+    return params
+
+
 def _flatten(value: Any) -> Any:
     if isinstance(value, list):
         for item in value:
@@ -137,10 +147,18 @@ def split_binary_request(raw: bytes, header_length: str) -> dict[str, Any]:
 
 
 def wants_binary(request_body: dict[str, Any]) -> set[str] | bool:
-    """True for all outputs (`binary_data_output`), or the names of outputs asking for binary."""
-    if (request_body.get("parameters") or {}).get("binary_data_output"):
+    """True for all outputs (`binary_data_output`), or the names of outputs asking for binary.
+    Checked before inference: a malformed `outputs` is a 400, not a failure after the work."""
+    if not isinstance(request_body, dict):
+        return set()  # not a v2 request at all: decoding it says so
+    if parameters_of(request_body).get("binary_data_output"):
         return True
-    return {o.get("name") for o in request_body.get("outputs") or [] if (o.get("parameters") or {}).get("binary_data")}
+    outputs = request_body.get("outputs")
+    if outputs is None:
+        return set()
+    if not isinstance(outputs, list) or not all(isinstance(o, dict) for o in outputs):
+        raise invalid_input('"outputs" must be a list of objects ({"name": ..., "parameters": {...}}).')
+    return {str(o.get("name")) for i, o in enumerate(outputs) if parameters_of(o, f"outputs[{i}].parameters").get("binary_data")}
 
 
 def encode_binary_response(response: dict[str, Any], which: set[str] | bool) -> tuple[bytes, int]:

@@ -5,7 +5,7 @@ from __future__ import annotations
 import uuid
 from typing import Any
 
-from compat.kserve.codecs import v1_texts, v2_texts
+from compat.kserve.codecs import parameters_of, v1_texts, v2_texts
 from compat.kserve.errors import KServeError, model_not_found
 from compat.kserve.tasks import KServeOptions, output_metadata, predict
 from engines import Engine, EngineError
@@ -58,7 +58,7 @@ class DataPlane:
         self._model(name)
         texts = v1_texts(body)
         try:
-            result = await predict(self.engine, texts, body.get("parameters"), self.options)
+            result = await predict(self.engine, texts, parameters_of(body), self.options)
         except EngineError as exc:
             raise KServeError.from_engine(exc) from None
         body_out: dict[str, Any] = {"predictions": result.v1}
@@ -69,7 +69,7 @@ class DataPlane:
     async def infer_v2(self, name: str, body: Any, request_id: str | None = None) -> dict[str, Any]:
         self._model(name)
         texts = v2_texts(body)
-        return await self.infer_texts(name, texts, body.get("parameters"), body.get("id") or request_id)
+        return await self.infer_texts(name, texts, parameters_of(body), body.get("id") or request_id)
 
     async def infer_texts(
         self, name: str, texts: list[str], parameters: dict[str, Any] | None, request_id: str | None

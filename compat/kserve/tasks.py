@@ -61,17 +61,48 @@ async def _encode(engine: Engine, texts: list[str], add_special_tokens: bool) ->
     return await asyncio.to_thread(run)
 
 
-def _generation_params(parameters: dict[str, Any] | None) -> GenerationParams:
-    p = dict(parameters or {})
+def _integer(value: Any, name: str) -> int:
+    """A whole number. KServe clients send numbers as strings too (gRPC string parameters), so a
+    string of digits counts; 1.9 or true does not."""
+    if isinstance(value, bool):
+        raise invalid_input(f"{name} must be an integer, got {value!r}.")
+    if isinstance(value, float) and value.is_integer():
+        return int(value)
+    if isinstance(value, int):
+        return value
+    if isinstance(value, str) and value.strip().lstrip("+-").isdigit() and value.strip().isascii():
+        return int(value)
+    raise invalid_input(f"{name} must be an integer, got {str(value)[:32]!r}.")
+
+
+def _number(value: Any, name: str) -> float:
+    if isinstance(value, bool):
+        raise invalid_input(f"{name} must be a number, got {value!r}.")
     try:
-        return GenerationParams(
-            max_tokens=int(p.get("max_tokens", p.get("max_new_tokens", 64))),
-            temperature=float(p.get("temperature", 0.0)),
-            top_p=float(p.get("top_p", 1.0)),
-            seed=None if p.get("seed") is None else int(p["seed"]),
-        )
-    except (TypeError, ValueError) as exc:
-        raise invalid_input(f"Invalid generation parameter: {exc}") from None
+        number = float(value)
+    except (TypeError, ValueError):
+        raise invalid_input(f"{name} must be a number, got {str(value)[:32]!r}.") from None
+    if not math.isfinite(number):
+        raise invalid_input(f"{name} must be a finite number.")
+    return number
+
+
+def _generation_params(parameters: dict[str, Any]) -> GenerationParams:
+    """KServe's generation parameters: max_tokens (or max_new_tokens), temperature, top_p, seed."""
+    p = parameters
+    max_tokens = _integer(p.get("max_tokens", p.get("max_new_tokens", 64)), "max_tokens")
+    temperature = _number(p.get("temperature", 0.0), "temperature")
+    top_p = _number(p.get("top_p", 1.0), "top_p")
+    seed = None if p.get("seed") is None else _integer(p["seed"], "seed")
+    if max_tokens < 1:
+        raise invalid_input("max_tokens must be at least 1.")
+    if not 0.0 <= temperature <= 2.0:
+        raise invalid_input("temperature must be in [0, 2].")
+    if not 0.0 < top_p <= 1.0:
+        raise invalid_input("top_p must be in (0, 1].")
+    if seed is not None and not -(2**63) <= seed < 2**63:
+        raise invalid_input("seed must fit in a signed 64-bit integer.")
+    return GenerationParams(max_tokens=max_tokens, temperature=temperature, top_p=top_p, seed=seed)
 
 
 def _softmax(logits: Any) -> list[float]:
@@ -102,9 +133,7 @@ async def predict(
     dict_form = options.return_probabilities or options.return_raw_logits
     ctx = RequestContext(f"kserve-{uuid.uuid4().hex}")
     if task in (Task.text_generation, Task.text2text_generation):
-        params = _generation_params(parameters)
-        if not 0.0 <= params.temperature <= 2.0 or params.max_tokens < 1:
-            raise invalid_input("temperature must be in [0, 2] and max_tokens at least 1.")
+        params = _generation_params(parameters or {})
 
         async def one(i: int, text: str) -> str:
             request = RequestContext(f"{ctx.request_id}-{i}")

@@ -49,8 +49,8 @@ def build_v2_router(plane: DataPlane) -> APIRouter:
             body = split_binary_request(await request.body(), header_length)
         else:
             body = await json_body(request)
+        which = wants_binary(body)  # before inference: a malformed request costs nothing
         response = await plane.infer_v2(name, body, rid)
-        which = wants_binary(body)
         if not which:
             return JSON(response)
         payload, length = encode_binary_response(response, which)

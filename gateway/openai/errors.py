@@ -122,7 +122,8 @@ def from_validation_errors(errors: Sequence[Mapping[str, Any]]) -> OpenAIError:
     kind = str(first.get("type", ""))
     param = _param_path(first.get("loc", ()))
     if kind.startswith("json"):
-        return invalid("The request body is not valid JSON.", None, code="invalid_json")
+        reason = str((first.get("ctx") or {}).get("error") or "").strip().rstrip(".")
+        return invalid(f"The request body is not valid JSON{': ' + reason if reason else ''}.", None, code="invalid_json")
     if kind == "model_attributes_type" and param is None:
         return invalid("The request body must be a JSON object.", None, code="invalid_type")
     detail = str(first.get("msg", "invalid value"))

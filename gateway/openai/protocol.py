@@ -21,7 +21,11 @@ INT64_MIN, INT64_MAX = -(2**63), 2**63 - 1
 
 
 class _Tolerant(BaseModel):
-    model_config = ConfigDict(extra="allow")
+    """Unknown fields are kept (and listed in `x-ignored-params`); known ones are typed strictly,
+    as OpenAI types them: `"5"` is not an integer, `"yes"` not a boolean, `1.0` not an integer
+    (an integer is a number, though)."""
+
+    model_config = ConfigDict(extra="allow", strict=True)
 
     def ignored_fields(self) -> list[str]:
         return sorted(self.model_extra or {})
@@ -171,13 +175,15 @@ def _in_range(request: Any, name: str, low: float, high: float, *, open_low: boo
         raise invalid(f"`{name}` must be in {bounds}, got {value}.", name)
 
 
+_TOKEN_ID_KEY = re.compile(r"-?[0-9]{1,20}")
+
+
 def _logit_bias(raw: dict[str, float] | None) -> tuple[tuple[int, float], ...]:
     out: list[tuple[int, float]] = []
     for key, value in (raw or {}).items():
-        try:
-            token = int(key)
-        except ValueError:
-            raise invalid(f"`logit_bias` keys must be token ids, got {key!r}.", "logit_bias") from None
+        if not _TOKEN_ID_KEY.fullmatch(key):  # ASCII digits only: not " 5 ", not Arabic-Indic digits
+            raise invalid(f"`logit_bias` keys must be token ids written in decimal digits, got {key[:32]!r}.", "logit_bias")
+        token = int(key)
         if not -100 <= value <= 100:
             raise invalid(f"`logit_bias` values must be in [-100, 100], got {value}.", "logit_bias")
         out.append((token, float(value)))

@@ -4,8 +4,11 @@ from __future__ import annotations
 
 from typing import Any
 
+import re
+
 import orjson
 from fastapi import APIRouter, Request
+from fastapi.routing import APIRoute
 from starlette.responses import Response
 
 from gateway.disconnect import cancel_on_disconnect
@@ -19,6 +22,30 @@ from gateway.openai.services.tokenize import DetokenizeRequest, TokenizeRequest,
 from gateway.sse import event_stream
 
 IGNORED_HEADER = "x-ignored-params"
+# Names of unknown fields, as they may appear in a response header: short, plain, and few.
+_SAFE_NAME = re.compile(r"[A-Za-z0-9_.\-\[\]]{1,64}")
+_MAX_IGNORED_NAMES = 16
+
+
+class _StrictJSONRequest(Request):
+    async def json(self) -> Any:
+        if not hasattr(self, "_json"):
+            self._json = orjson.loads(await self.body())
+        return self._json
+
+
+class StrictJSONRoute(APIRoute):
+    """Request bodies parsed as strict JSON (orjson): no NaN or Infinity, no lone surrogates, no
+    integers past 64 bits, at most 1024 levels. FastAPI turns a failure into a validation error,
+    which every face answers as a 400 `invalid_json`."""
+
+    def get_route_handler(self) -> Any:
+        handler = super().get_route_handler()
+
+        async def strict(request: Request) -> Response:
+            return await handler(_StrictJSONRequest(request.scope, request.receive))
+
+        return strict
 
 
 class JSONResponse(Response):
@@ -33,14 +60,21 @@ def _error_event(exc: BaseException) -> dict[str, Any]:
 
 
 def _headers(body: Any) -> dict[str, str]:
+    """`x-ignored-params`: the unknown fields the request sent. Only plain names of at most 64
+    characters are listed, at most 16 of them; the rest are counted (`+N more`)."""
     names = ignored_params(body)
-    return {IGNORED_HEADER: ",".join(names)} if names else {}
+    if not names:
+        return {}
+    shown = [n for n in names if _SAFE_NAME.fullmatch(n)][:_MAX_IGNORED_NAMES]
+    if len(shown) < len(names):
+        shown.append(f"+{len(names) - len(shown)} more")
+    return {IGNORED_HEADER: ",".join(shown)}
 
 
 def build_router(
     chat: ChatService, completions: CompletionService, embeddings: EmbeddingService, models: ModelService
 ) -> APIRouter:
-    router = APIRouter()
+    router = APIRouter(route_class=StrictJSONRoute)
     ping = chat.config.ping_interval
 
     async def respond(request: Request, body: Any, service: ChatService | CompletionService) -> Response:
@@ -77,7 +111,7 @@ def build_router(
 
 def build_tokenizer_router(service: TokenizeService) -> APIRouter:
     """Mounted at /openai and at the root, where `vllm bench serve` looks for it."""
-    router = APIRouter()
+    router = APIRouter(route_class=StrictJSONRoute)
 
     @router.post("/tokenize")
     async def tokenize(body: TokenizeRequest) -> Response:
