@@ -50,13 +50,23 @@ class GrammarCompiler:
             raise _invalid(str(exc)) from None
 
     def validate(self, spec: StructuredOutput) -> None:
-        """Compile the constraint against the tokenizer; raise a client error if it cannot be."""
+        """Compile the constraint against the tokenizer; raise a client error if it cannot be.
+
+        Some grammars compile but cannot be followed: a required recursive `$ref`, nested counted
+        repeats, rules that double at every level. llguidance finds out when it computes the
+        tokens the grammar forces, which is where such grammars start. So the forced tokens are
+        computed and consumed here once, and a grammar that fails there is a 400 now instead of
+        an error in the middle of a generation."""
         from llguidance import LLMatcher
 
         grammar = self.grammar(spec)
         error = LLMatcher.validate_grammar(grammar, self._tokenizer())
         if error:
             raise _invalid(error)
+        matcher = LLMatcher(self._tokenizer(), grammar)
+        forced = matcher.compute_ff_tokens() if not matcher.is_error() else []
+        if matcher.is_error() or (forced and not matcher.consume_tokens(forced)) or matcher.is_error():
+            raise _invalid(_first_line(matcher.get_error()))
 
     def constraint(self, spec: StructuredOutput) -> Constraint:
         from llguidance import LLMatcher
@@ -81,17 +91,38 @@ class Constraint:
         """Set every disallowed token's logit to -inf (in a copy of 1-D float logits)."""
         x = logits.float().clone().unsqueeze(0)
         self._llt.fill_next_token_bitmask(self._matcher, self._bitmask, 0)
+        if self._matcher.is_error():
+            raise ConstraintFailed(_first_line(self._matcher.get_error()))
         self._llt.apply_token_bitmask_inplace(x, self._bitmask)
+        if not torch.isfinite(x).any():
+            raise ConstraintFailed("the grammar allows no next token")
         return x[0]
 
     def advance(self, token: int) -> None:
         if not self._matcher.consume_token(token):
-            raise RuntimeError(f"constraint rejected token {token}: {self._matcher.get_error()}")
+            raise ConstraintFailed(_first_line(self._matcher.get_error()) or f"token {token} was rejected")
 
     @property
     def finished(self) -> bool:
         """The grammar is complete: nothing more may be generated."""
         return bool(self._matcher.is_stopped())
+
+
+class ConstraintFailed(EngineError):
+    """The grammar engine could not go on with this choice (one of its limits, mid-generation):
+    the request's constraint is at fault, so its request fails with a 400-class error, alone."""
+
+    def __init__(self, detail: str) -> None:
+        super().__init__(
+            ErrorCode.INVALID_REQUEST,
+            f"The requested output format could not be followed to the end: {detail}",
+            param="response_format",
+            reason="invalid_value",
+        )
+
+
+def _first_line(error: str | None) -> str:
+    return (error or "").strip().split("\n", 1)[0]
 
 
 def _invalid(detail: str) -> EngineError:

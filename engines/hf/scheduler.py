@@ -286,7 +286,12 @@ class GenerationScheduler:
                 continue
             try:
                 alive = self._advance(seq, batch.logits[i])
-            except Exception as exc:  # one row's fault (a constraint, a processor) is its own
+            except EngineError as exc:  # the request's own fault (a constraint it set): its error, alone
+                log.info("request %s ended: %s", seq.request_id, exc.message)
+                self._retire(seq)
+                seq.emit(exc)
+                continue
+            except Exception as exc:  # one row's fault (a processor) is its own
                 log.exception("request %s failed", seq.request_id)
                 self._retire(seq)
                 seq.emit(EngineError(ErrorCode.INTERNAL, f"Generation failed: {type(exc).__name__}"))

@@ -32,7 +32,7 @@ from engines.detokenizer import decode_prompt_pieces
 from engines.errors import EngineError, ErrorCode
 from engines.hf.base import GenerativeOnly, LoadedEngine
 from engines.loader import LoadedModel
-from engines.structured import GrammarCompiler
+from engines.structured import ConstraintFailed, GrammarCompiler
 from engines.tasks import Task
 from engines.types import (
     EmbeddingResult,
@@ -330,7 +330,7 @@ class VLLMEngine(GenerativeOnly, LoadedEngine):
                         try:
                             constraint.advance(token)
                             grammar_done = constraint.finished
-                        except RuntimeError:  # vLLM's matcher disagreed: leave the ending to vLLM
+                        except ConstraintFailed:  # vLLM's matcher disagreed: leave the ending to vLLM
                             constraint = None
                     deltas.append(choice.step(token, entry, grammar_done=grammar_done))
                     if choice.finished:
