@@ -185,6 +185,7 @@ def openai_config(settings: Settings) -> OpenAIConfig:
         max_prompt_tokens=settings.max_prompt_tokens,
         max_stop_length=settings.max_stop_length,
         max_total_tokens=settings.max_total_tokens,
+        max_scored_prompt_tokens=settings.max_scored_prompt_tokens,
         max_n=settings.max_n,
         max_logprobs=settings.max_logprobs,
         trust_request_chat_template=settings.trust_request_chat_template,

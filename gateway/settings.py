@@ -105,6 +105,7 @@ class Settings:
     max_request_body_bytes: int = field(default=16 << 20, **_flag("Largest request body accepted; larger is a 413."))
     max_prompt_tokens: int | None = field(default=None, **_flag("Largest prompt in tokens (default: only the context length limits it)."))
     max_stop_length: int = field(default=256, **_flag("Longest stop string, in characters."))
+    max_scored_prompt_tokens: int = field(default=8192, **_flag("Most prompt tokens one request may have scored (completions `echo` with `logprobs`), over all its prompts and choices."))
     max_total_tokens: int | None = field(default=None, **_flag("Most tokens one request may ask to generate over all its choices (n x max_tokens; best_of counts). Default: no limit beyond --max_n."))
     request_timeout: float | None = field(default=None, **_flag("Default deadline of a request in seconds; generation is aborted when it passes. Clients may send x-request-timeout."))
     cors_allowed_origins: tuple[str, ...] = field(default=(), **_flag("Origins allowed to call the API from a browser (repeatable; * for any). Default: no CORS headers.", repeat=True, metavar="ORIGIN"))

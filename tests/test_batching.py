@@ -167,7 +167,8 @@ async def test_http_429_with_retry_after_and_readiness(small_engine):
 
 
 async def test_a_faulty_row_fails_alone(tiny_engine):
-    """A request whose processing breaks mid-batch gets an error; its neighbours are untouched."""
+    """A request that cannot go on mid-batch gets its own error (the client's: its grammar and
+    min_tokens leave no possible token, a 400-class error); its neighbours are untouched."""
     from engines.types import StructuredOutput
 
     expected = [await run(tiny_engine, p, max_tokens=20, temperature=0) for p in PROMPTS[:2]]
@@ -178,6 +179,7 @@ async def test_a_faulty_row_fails_alone(tiny_engine):
         return [d async for d in tiny_engine.generate(PROMPTS[0], impossible, RequestContext("bad-" + uuid.uuid4().hex))]
 
     results = await asyncio.gather(faulty(), *(run(tiny_engine, p, max_tokens=20, temperature=0) for p in PROMPTS[:2]), return_exceptions=True)
-    assert isinstance(results[0], EngineError) and results[0].code is ErrorCode.INTERNAL
+    assert isinstance(results[0], EngineError) and results[0].code is ErrorCode.INVALID_REQUEST
+    assert "allows no next token" in results[0].message
     assert list(results[1:]) == expected
     assert tiny_engine.stats()["running"] == 0

@@ -304,3 +304,101 @@ async def test_a_grammar_failing_mid_generation_ends_only_its_own_request(tiny_e
         text = (await http.get("/metrics")).text
         assert metric_sample(text, "gateway_request_errors_total", code="internal") == 0
         assert metric_sample(text, "gateway_request_errors_total", code="invalid_request") == 2
+
+
+# -- D9: scoring a prompt costs what it returns ----------------------------------------------------
+
+
+@pytest.mark.skipif(TEST_ENGINE != "transformers", reason="the transformers engine's scoring prefill (vLLM scores in its own chunks)")
+async def test_prompt_scoring_works_in_chunks_and_matches_a_full_forward_pass(tiny_engine, tiny_dir):
+    """A 300-token prompt is scored in chunks of SCORING_CHUNK positions (full-vocabulary logits
+    never exist for more than one chunk at a time), with the same numbers as one plain forward."""
+    import torch
+
+    from engines.hf.scheduler import SCORING_CHUNK
+    from tests.helpers import reference_logits
+
+    scheduler = tiny_engine._scheduler
+    widest: list[int] = []
+    real_forward = scheduler._forward
+
+    def spy(*args, **kwargs):  # the real forward pass; only the size of what it returns is noted
+        logits = real_forward(*args, **kwargs)
+        widest.append(logits.shape[0] * logits.shape[1])
+        return logits
+
+    text = " ".join(f"word{i}" for i in range(120))
+    ids = tiny_engine.tokenizer.encode(text)
+    assert len(ids) > 2 * SCORING_CHUNK
+    scheduler._forward = spy
+    try:
+        async with client_for(make_app(tiny_engine)) as http:
+            r = await http.post("/openai/v1/completions", json={"prompt": ids, "max_tokens": 0, "echo": True, "logprobs": 3})
+    finally:
+        scheduler._forward = real_forward
+    assert r.status_code == 200, r.text
+    assert max(widest) <= SCORING_CHUNK
+    lp = r.json()["choices"][0]["logprobs"]
+    assert len(lp["token_logprobs"]) == len(ids) and lp["token_logprobs"][0] is None
+    (ref_ids, logits), = reference_logits(tiny_dir, "LlamaForCausalLM", [text])
+    assert ref_ids == ids
+    expected = torch.log_softmax(logits.float(), dim=-1)
+    for pos in (1, SCORING_CHUNK, SCORING_CHUNK + 1, len(ids) - 1):
+        assert lp["token_logprobs"][pos] == pytest.approx(float(expected[pos - 1, ids[pos]]), abs=1e-3)
+        best = torch.topk(expected[pos - 1], 3)
+        # the dict holds the 3 best (and the prompt's own token when it is not among them)
+        assert sorted(lp["top_logprobs"][pos].values(), reverse=True)[:3] == pytest.approx(best.values.tolist(), abs=1e-3)
+
+
+async def test_scored_prompt_tokens_are_bounded_per_request(tiny_engine):
+    prompt = list(range(100, 160))  # 60 token ids
+    body = {"prompt": prompt, "max_tokens": 1, "echo": True, "logprobs": 2}
+    async with client_for(make_app(tiny_engine, max_scored_prompt_tokens=100)) as http:
+        assert (await http.post("/openai/v1/completions", json=body)).status_code == 200
+        err = openai_error(await http.post("/openai/v1/completions", json={**body, "n": 2}))
+        assert err["param"] == "logprobs" and "120 tokens" in err["message"]
+        err = openai_error(await http.post("/openai/v1/completions", json={**body, "prompt": [prompt, prompt]}))
+        assert err["param"] == "logprobs"
+        assert (await http.post("/openai/v1/completions", json={**body, "echo": False, "n": 2})).status_code == 200  # nothing scored
+
+
+# -- D18: a deadline that has passed costs no prefill ----------------------------------------------
+
+
+async def test_a_passed_deadline_is_answered_before_any_model_work(tiny_engine):
+    before = tiny_engine.stats().get("steps_total")
+    async with client_for(make_app(tiny_engine)) as http:
+        r = await http.post("/openai/v1/chat/completions", json=CHAT, headers={"x-request-timeout": "0.000001"})
+        assert openai_error(r, 503)["message"] == "The request deadline was exceeded."
+        assert await generated_tokens(http) == 0
+    assert tiny_engine.stats().get("steps_total") == before
+
+
+@pytest.mark.skipif(TEST_ENGINE != "transformers", reason="the transformers scheduler's admission")
+async def test_a_request_whose_deadline_passes_in_the_queue_is_never_prefilled(tiny_dir):
+    import time
+
+    from engines import GenerationParams, RequestContext
+    from engines.errors import EngineError
+    from engines.hf import load_engine
+    from engines.loader import ModelSpec
+
+    engine = load_engine(ModelSpec(model_dir=str(tiny_dir)), served_name="tiny", max_num_seqs=1)
+    await engine.start()
+    prefilled: list[int] = []
+    real_prefill = engine._scheduler._prefill
+    engine._scheduler._prefill = lambda seqs: (prefilled.extend(len(s.prompt_ids) for s in seqs), real_prefill(seqs))[1]
+    try:
+        holder = engine.generate([1, 2, 3], GenerationParams(max_tokens=4000, ignore_eos=True), RequestContext("holder"))
+        await anext(holder)  # the only slot is taken
+        deadline = time.monotonic() + 0.2
+        waiter = engine.generate([4, 5, 6, 7, 8], GenerationParams(max_tokens=2), RequestContext("waiter", deadline=deadline))
+        pending = asyncio.ensure_future(anext(waiter))
+        while time.monotonic() <= deadline:
+            await asyncio.sleep(0.05)
+        await holder.aclose()  # frees the slot after the waiter's deadline
+        with pytest.raises(EngineError, match="deadline"):
+            await pending
+        assert prefilled == [3]  # the holder only
+    finally:
+        await engine.stop()

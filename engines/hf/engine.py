@@ -9,6 +9,7 @@ import torch
 from collections.abc import AsyncIterator, Sequence
 
 from engines.channel import DeltaChannel
+from engines.errors import EngineError, ErrorCode
 from engines.hf.base import GenerativeOnly, LoadedEngine
 from engines.hf.scheduler import GenerationScheduler, SchedulerLimits
 from engines.hf.scheduler import Sequence as SchedSequence
@@ -86,6 +87,8 @@ class HFEngine(GenerativeOnly, LoadedEngine):
         if params.structured is not None:  # compile once up front: bad schemas are a 400, not a stream error
             await asyncio.to_thread(self._grammars.validate, params.structured)
 
+        if ctx.expired():  # before any work: nobody waits for this answer any more
+            raise EngineError(ErrorCode.UNAVAILABLE, "The request deadline was exceeded.")
         channel = DeltaChannel()
         seq = SchedSequence(
             request_id=ctx.request_id,

@@ -40,6 +40,11 @@ from engines.types import GenerationDelta, GenerationParams, TokenLogprob
 log = logging.getLogger(__name__)
 
 Emit = Callable[[GenerationDelta | BaseException], None]
+SCORING_CHUNK = 128  # prompt tokens per forward pass when every position is scored
+
+
+def _deadline_error() -> EngineError:
+    return EngineError(ErrorCode.UNAVAILABLE, "The request deadline was exceeded.")
 
 
 @dataclass(eq=False)
@@ -119,6 +124,7 @@ class GenerationScheduler:
         self.preempted_total = 0
         self.steps_total = 0
         self.last_batch_size = 0
+        self._texts: dict[int, str] = {}  # token id -> its text alone (logprob alternatives)
 
     # -- lifecycle ----------------------------------------------------------------------------
 
@@ -282,7 +288,7 @@ class GenerationScheduler:
                 continue
             if seq.deadline is not None and now > seq.deadline:
                 self._retire(seq)
-                seq.emit(EngineError(ErrorCode.UNAVAILABLE, "The request deadline was exceeded."))
+                seq.emit(_deadline_error())
                 continue
             try:
                 alive = self._advance(seq, batch.logits[i])
@@ -374,6 +380,7 @@ class GenerationScheduler:
 
     def _admit(self) -> None:
         admitted: list[Sequence] = []
+        now = time.monotonic()
         with self._cond:
             running = 0 if self._batch is None else len(self._batch.rows)
             width = 0 if self._batch is None else self._batch.width
@@ -387,6 +394,11 @@ class GenerationScheduler:
                 admitted.append(seq)
                 width = needed
         for seq in list(admitted):
+            if seq.deadline is not None and now > seq.deadline:  # never pay for a prefill nobody will wait for
+                admitted.remove(seq)
+                self._retire(seq)
+                seq.emit(_deadline_error())
+                continue
             if seq.choice is not None:
                 continue  # a preempted row coming back keeps its state
             try:
@@ -401,8 +413,8 @@ class GenerationScheduler:
         plain = [s for s in admitted if s not in scoring]
         if plain:
             self._prefill(plain)
-        for seq in scoring:  # these need logits at every prompt position: one at a time
-            self._prefill([seq])
+        for seq in scoring:  # these need logits at every prompt position: one at a time, in chunks
+            self._scoring_prefill(seq)
 
     def _prefill(self, seqs: list[Sequence]) -> None:
         from transformers import DynamicCache
@@ -416,25 +428,61 @@ class GenerationScheduler:
             mask[row, width - len(ctx) :] = 1
         positions = (mask.cumsum(dim=1) - 1).clamp(min=0)
         cache = DynamicCache()
-        scoring = len(seqs) == 1 and seqs[0].params.prompt_logprobs is not None and not seqs[0].generated
-        logits = self._forward(input_ids, mask, positions, cache, all_logits=scoring)
-        new = Batch(
-            rows=list(seqs),
-            cache=cache,
-            mask=mask,
-            lengths=mask.sum(dim=1),
-            logits=logits[:, -1],
-        )
-        if scoring:
-            seq = seqs[0]
-            prompt_logprobs = self._prompt_logprobs(seq, logits[0])
-            assert seq.choice is not None
-            seq.choice.prompt_logprobs = prompt_logprobs
-            if seq.choice.budget <= 0:  # scoring only: the prompt's logprobs, no output
-                self._retire(seq, completed=True)
-                seq.emit(seq.choice.end("length"))
+        logits = self._forward(input_ids, mask, positions, cache)
+        self._merge(Batch(rows=list(seqs), cache=cache, mask=mask, lengths=mask.sum(dim=1), logits=logits[:, -1]))
+
+    def _scoring_prefill(self, seq: Sequence) -> None:
+        """Prefill one prompt whose every token is scored (echo with logprobs, prompt_logprobs).
+
+        The prompt goes through the model `SCORING_CHUNK` tokens at a time over its KV cache, so
+        full-vocabulary logits exist for one chunk at a time: memory grows with what is returned
+        (k alternatives per token), not with prompt length x vocabulary. Between chunks the
+        request may be cancelled or run out of time."""
+        from transformers import DynamicCache
+
+        assert seq.choice is not None
+        params, prompt = seq.params, seq.prompt_ids
+        k = params.prompt_logprobs or 0
+        pieces = decode_prompt_pieces(self._tok, prompt, skip_special_tokens=params.skip_special_tokens)
+        scored: list[TokenLogprob | None] = [None]
+        cache = DynamicCache()
+        last = None
+        for start in range(0, len(prompt), SCORING_CHUNK):
+            if seq.cancelled or (seq.deadline is not None and time.monotonic() > seq.deadline):
+                self._retire(seq)
+                if not seq.cancelled:
+                    seq.emit(_deadline_error())
                 return
-        self._merge(new)
+            chunk = prompt[start : start + SCORING_CHUNK]
+            end = start + len(chunk)
+            input_ids = torch.tensor([chunk], dtype=torch.long, device=self._device)
+            mask = torch.ones((1, end), dtype=torch.long, device=self._device)
+            positions = torch.arange(start, end, device=self._device).unsqueeze(0)
+            logits = self._forward(input_ids, mask, positions, cache, all_logits=True)[0]  # [chunk, vocab]
+            last = logits[-1]
+            # Row j predicts the token at start + j + 1: score those that are in the prompt.
+            targets = prompt[start + 1 : end + 1]
+            if targets:
+                logprobs = torch.log_softmax(logits[: len(targets)].float(), dim=-1)
+                chosen = logprobs.gather(1, torch.tensor(targets, device=self._device).unsqueeze(1))[:, 0].tolist()
+                top = torch.topk(logprobs, min(k, logprobs.shape[-1])) if k > 0 else None
+                for j, token in enumerate(targets):
+                    alternatives = () if top is None else tuple(
+                        (i, self._token_text(i), v) for i, v in zip(top.indices[j].tolist(), top.values[j].tolist())
+                    )
+                    scored.append(TokenLogprob(token, pieces[start + 1 + j], chosen[j], alternatives))
+            del logits
+        seq.choice.prompt_logprobs = tuple(scored)
+        if seq.choice.budget <= 0:  # scoring only: the prompt's logprobs, no output
+            self._retire(seq, completed=True)
+            seq.emit(seq.choice.end("length"))
+            return
+        assert last is not None
+        length = len(prompt)
+        self._merge(Batch(
+            rows=[seq], cache=cache, mask=torch.ones((1, length), dtype=torch.long, device=self._device),
+            lengths=torch.tensor([length], device=self._device), logits=last.unsqueeze(0),
+        ))
 
     def _start(self, seq: Sequence) -> None:
         params = seq.params
@@ -468,21 +516,14 @@ class GenerationScheduler:
 
     # -- one token for one row ----------------------------------------------------------------
 
-    def _alternatives(self, logprobs: torch.Tensor, k: int) -> tuple[tuple[int, str, float], ...]:
-        return tuple((i, self._tok.decode([i], skip_special_tokens=False), lp) for i, lp in top_logprobs(logprobs, k))
+    def _token_text(self, token: int) -> str:
+        text = self._texts.get(token)
+        if text is None:
+            text = self._texts[token] = self._tok.decode([token], skip_special_tokens=False)
+        return text
 
-    def _prompt_logprobs(self, seq: Sequence, logits: torch.Tensor) -> tuple[TokenLogprob | None, ...]:
-        """Logprob of every prompt token given the ones before it (the first has none)."""
-        params = seq.params
-        k = params.prompt_logprobs or 0
-        pieces = decode_prompt_pieces(self._tok, seq.prompt_ids, skip_special_tokens=params.skip_special_tokens)
-        logprobs = torch.log_softmax(logits[:-1].float(), dim=-1)
-        out: list[TokenLogprob | None] = [None]
-        for pos in range(1, len(seq.prompt_ids)):
-            token = seq.prompt_ids[pos]
-            row = logprobs[pos - 1]
-            out.append(TokenLogprob(token, pieces[pos], float(row[token]), self._alternatives(row, k)))
-        return tuple(out)
+    def _alternatives(self, logprobs: torch.Tensor, k: int) -> tuple[tuple[int, str, float], ...]:
+        return tuple((i, self._token_text(i), lp) for i, lp in top_logprobs(logprobs, k))
 
     def _advance(self, seq: Sequence, logits: torch.Tensor) -> bool:
         """Pick, record and emit this row's next token; False when the row is done."""

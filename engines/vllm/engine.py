@@ -266,6 +266,8 @@ class VLLMEngine(GenerativeOnly, LoadedEngine):
         validate_generation(prompt_ids, params, vocab_size=caps.vocab_size, max_model_len=caps.max_model_len, adapters=self._loras)
         if params.structured is not None:  # our compiler first: a bad schema is a 400 before anything runs
             await asyncio.to_thread(self._grammars.validate, params.structured)
+        if ctx.expired():  # before any work: nobody waits for this answer any more
+            raise EngineError(ErrorCode.UNAVAILABLE, "The request deadline was exceeded.")
         lora = self._lora_request(params.adapter)
         budget = output_budget(params, len(prompt_ids), caps.max_model_len)
         sampling = self._sampling_params(params, budget)

@@ -37,6 +37,7 @@ class OpenAIConfig:
     max_prompt_tokens: int | None = None
     max_stop_length: int = 256
     max_total_tokens: int | None = None  # over all choices and prompts of one request
+    max_scored_prompt_tokens: int = 8192  # prompt tokens scored (echo + logprobs), over prompts and choices
 
 
 class ServiceBase:
@@ -101,6 +102,13 @@ class ServiceBase:
         too_long = next((s for s in params.stop if len(s) > self.config.max_stop_length), None)
         if too_long is not None:
             raise invalid(f"Stop strings may be at most {self.config.max_stop_length} characters long.", "stop")
+        if params.prompt_logprobs is not None:
+            scored = sum(len(p) for p in prompts) * choices
+            if scored > self.config.max_scored_prompt_tokens:
+                raise invalid(
+                    f"Scoring the prompt (echo with logprobs) covers {scored} tokens over all prompts and choices; "
+                    f"this server scores at most {self.config.max_scored_prompt_tokens} per request.", "logprobs",
+                )
         total = self.config.max_total_tokens
         asked = len(prompts) * choices * params.max_tokens
         if total is not None and asked > total:
