@@ -4,13 +4,16 @@
 2. API key (when keys are configured), answered 401 in the face's envelope;
 3. body size: a body over the limit is a 413 before the app reads it all;
 4. deadline: `x-request-timeout` (seconds) or the server default, carried to the engine;
-5. the request record: metrics and one access-log line when the response has ended.
+5. the request record: metrics and one access-log line when the response has ended;
+6. the server's lifecycle: while it drains, new work is refused with 503 (probes still answer);
+   a request it stops before its response began is answered 503 in its face's envelope.
 
 Pure ASGI (no BaseHTTPMiddleware), so streaming and disconnect detection are untouched.
 """
 
 from __future__ import annotations
 
+import asyncio
 import json
 import math
 import uuid
@@ -20,11 +23,11 @@ from typing import Any
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from gateway.auth import ApiKeys
-from gateway.observability import Metrics, RequestRecord, current_request, finish_record
+from gateway.lifecycle import SHUTDOWN_MESSAGE, Lifecycle
+from gateway.observability import Metrics, RequestRecord, current_request, finish_record, safe_request_id
 
 REQUEST_ID_HEADER = b"x-request-id"
 TIMEOUT_HEADER = b"x-request-timeout"
-_MAX_LEN = 256
 OPEN_PATHS = ("/", "/health", "/ready", "/metrics", "/v2/health/live", "/v2/health/ready")
 
 
@@ -64,7 +67,7 @@ class HttpPolicy:
 def error_response(path: str, status: int, message: str, code: str, headers: dict[str, str] | None = None) -> tuple[int, bytes, list[tuple[bytes, bytes]]]:
     """A ready-made error in the face's envelope: OpenAI's for OpenAI routes, KServe's elsewhere."""
     if is_openai_path(path):
-        kind = "authentication_error" if status == 401 else "invalid_request_error"
+        kind = "authentication_error" if status == 401 else "server_error" if status >= 500 else "invalid_request_error"
         body: Any = {"error": {"message": message, "type": kind, "param": None, "code": code}}
     else:
         body = {"error": message}
@@ -75,25 +78,29 @@ def error_response(path: str, status: int, message: str, code: str, headers: dic
 
 
 class GatewayMiddleware:
-    def __init__(self, app: ASGIApp, *, policy: HttpPolicy, metrics: Metrics) -> None:
+    def __init__(self, app: ASGIApp, *, policy: HttpPolicy, metrics: Metrics, lifecycle: Lifecycle | None = None) -> None:
         self.app = app
         self.policy = policy
         self.metrics = metrics
+        self.lifecycle = lifecycle or Lifecycle()
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http":
             await self.app(scope, receive, send)
             return
         headers = dict(scope["headers"])
-        incoming = headers.get(REQUEST_ID_HEADER, b"")
-        rid = incoming.decode("latin-1")[:_MAX_LEN] if incoming else uuid.uuid4().hex
-        scope.setdefault("state", {})["request_id"] = rid
+        rid = safe_request_id(headers.get(REQUEST_ID_HEADER)) or uuid.uuid4().hex
+        state = scope.setdefault("state", {})
+        state["request_id"] = rid
+        state["lifecycle"] = lifecycle = self.lifecycle
         encoded = rid.encode("latin-1")
         path = scope["path"]
         record = RequestRecord(request_id=rid, route=f"{scope['method']} {path}")
+        task: asyncio.Task | None = None
 
         async def send_with_id(message: Message) -> None:
             if message["type"] == "http.response.start":
+                lifecycle.answering(task)
                 record.status = message["status"]
                 out = [(k, v) for k, v in message.get("headers", []) if k.lower() != REQUEST_ID_HEADER]
                 out.append((REQUEST_ID_HEADER, encoded))
@@ -158,10 +165,24 @@ class GatewayMiddleware:
             else:
                 app_receive = receive
 
+            work = path not in OPEN_PATHS and not is_playground_path(path)
+            if work and lifecycle.draining:
+                await refuse(503, SHUTDOWN_MESSAGE, "service_unavailable", {"Retry-After": "1", "Connection": "close"})
+                return
             token = current_request.set(record)
+            task = lifecycle.enter() if work else None
             try:
                 await self.app(scope, app_receive, send_with_id)
+            except asyncio.CancelledError:
+                if not lifecycle.was_stopped(task):
+                    raise
+                # The drain's grace period ended before this request could answer.
+                asyncio.current_task().uncancel()  # type: ignore[union-attr]
+                record.error = "shutdown"
+                await refuse(503, SHUTDOWN_MESSAGE, "service_unavailable", {"Retry-After": "1", "Connection": "close"})
             finally:
+                if work:
+                    lifecycle.leave(task)
                 current_request.reset(token)
         finally:
             if path not in ("/metrics", "/health", "/ready") and not is_playground_path(path):  # probes, scrapes and page files are not requests

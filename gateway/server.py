@@ -4,11 +4,10 @@ from __future__ import annotations
 
 import contextlib
 import logging
-import math
 import sys
 import time
 from collections.abc import AsyncIterator, Iterator, Sequence
-from typing import Any
+from typing import Any, NoReturn
 
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
@@ -23,8 +22,10 @@ from compat.kserve.v2_rest import build_v2_router
 from engines import Engine, EngineError
 from engines.template_pool import TemplateLimits
 from engines.loader import LoadedModel, ModelNotFoundError, ModelSpec, load_model
-from gateway.disconnect import ClientDisconnected
 from gateway.auth import ApiKeys
+from gateway.disconnect import ClientDisconnected
+from gateway.http_protocol import ConnectionLimits
+from gateway.lifecycle import Lifecycle
 from gateway.middleware import GatewayMiddleware, HttpPolicy
 from gateway.observability import Metrics, ObservedEngine
 from gateway.playground import build_playground_router, playground_redirect, wants_html
@@ -37,6 +38,7 @@ from gateway.openai.services.completions import CompletionService
 from gateway.openai.services.embeddings import EmbeddingService
 from gateway.openai.services.models import ModelService
 from gateway.openai.services.tokenize import TokenizeService
+from gateway.runner import GatewayServer, Listen, PortError, bind_ports
 from gateway.settings import Settings, apply_process_env
 
 log = logging.getLogger("gateway")
@@ -247,7 +249,7 @@ def create_app(settings: Settings, engine: Engine) -> FastAPI:
     metrics = Metrics(settings.model_name)
     metrics.watch_engine(engine)
     engine = ObservedEngine(engine, metrics)  # every face below is measured the same way
-    keys = ApiKeys.from_settings(settings.api_key, settings.api_key_file)
+    keys = read_api_keys(settings)
     plane = DataPlane(
         engine,
         settings.model_name,
@@ -265,32 +267,19 @@ def create_app(settings: Settings, engine: Engine) -> FastAPI:
     @contextlib.asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         await engine.start()
-        grpc_server = None
-        if settings.enable_grpc:
-            from compat.kserve.grpc.servicer import build_server, mark_serving
-
-            grpc_server = build_server(
-                plane,
-                max_send=settings.grpc_max_send_message_length,
-                max_receive=settings.grpc_max_receive_message_length,
-                interceptors=grpc_interceptors(keys, settings, metrics),
-            )
-            grpc_server.add_insecure_port(f"{settings.host}:{settings.grpc_port}")
-            await grpc_server.start()
-            await mark_serving(grpc_server, True)
-            log.info("gRPC (KServe v2) on %s:%d", settings.host, settings.grpc_port)
         try:
             yield
         finally:
-            if grpc_server is not None:
-                await grpc_server.stop(grace=5)
             await engine.stop()
+            engine.tokenizer.close()
 
     app = FastAPI(title="hf-gateway", version="0.1.0", docs_url=None, redoc_url=None, lifespan=lifespan)
     app.state.engine = engine
     app.state.settings = settings
     app.state.metrics = metrics
-    app.state.draining = False
+    app.state.plane = plane
+    app.state.keys = keys
+    app.state.lifecycle = lifecycle = Lifecycle()
     policy = HttpPolicy(
         keys=keys,
         protect_open_paths=settings.auth_health_and_metrics,
@@ -299,7 +288,7 @@ def create_app(settings: Settings, engine: Engine) -> FastAPI:
         log_format=settings.log_format,
         access_log=not settings.disable_log_requests,
     )
-    app.add_middleware(GatewayMiddleware, policy=policy, metrics=metrics)
+    app.add_middleware(GatewayMiddleware, policy=policy, metrics=metrics, lifecycle=lifecycle)
     if settings.cors_allowed_origins:
         from starlette.middleware.cors import CORSMiddleware
 
@@ -355,46 +344,32 @@ def create_app(settings: Settings, engine: Engine) -> FastAPI:
         """Ready to take more work: healthy, not shutting down, and its waiting queue is not full."""
         ok = await engine.check_health()
         saturated = bool(engine.stats().get("saturated"))
-        draining = bool(app.state.draining)
+        draining = lifecycle.draining
         body = {**engine.stats(), "ready": ok and not saturated and not draining, "saturated": saturated, "draining": draining}
         return JSONResponse(body, status_code=200 if body["ready"] else 503, headers={} if body["ready"] else {"Retry-After": "1"})
 
     return app
 
 
-def grpc_interceptors(keys: ApiKeys, settings: Settings, metrics: Metrics) -> list[Any]:
+def build_grpc_server(app: FastAPI) -> Any:
+    """The v2 gRPC face over the app's data plane, with the same keys, records and lifecycle."""
+    from compat.kserve.grpc.servicer import build_server
     from gateway.grpc_interceptors import AccessInterceptor, ApiKeyInterceptor
 
-    access = AccessInterceptor(metrics, log_format=None if settings.disable_log_requests else settings.log_format,
-                               default_timeout=settings.request_timeout)
-    return ([ApiKeyInterceptor(keys, protect_health=settings.auth_health_and_metrics)] if keys else []) + [access]
-
-
-class GracefulServer:
-    """uvicorn, with Kubernetes' shutdown: on SIGTERM readiness turns off at once, listening
-    stops, in-flight requests get --shutdown_grace_period seconds, the rest are cancelled (which
-    aborts their generation), the engine stops, and the process exits 0."""
-
-    def __init__(self, config: Any, app: FastAPI) -> None:
-        import signal
-
-        import uvicorn
-
-        app_state = app.state
-
-        class _Server(uvicorn.Server):
-            def handle_exit(self, sig: int, frame: Any) -> None:
-                app_state.draining = True
-                super().handle_exit(sig, frame)
-                captured = getattr(self, "_captured_signals", None)
-                if sig == signal.SIGTERM and captured and captured[-1] == sig:
-                    captured.pop()  # a graceful stop is a success, not death by signal
-
-        self._server = _Server(config)
-
-    def run(self) -> None:
-        self._server.run()
-        log.info("Stopped.")
+    settings: Settings = app.state.settings
+    keys: ApiKeys = app.state.keys
+    access = AccessInterceptor(
+        app.state.metrics, log_format=None if settings.disable_log_requests else settings.log_format,
+        default_timeout=settings.request_timeout, lifecycle=app.state.lifecycle,
+    )
+    interceptors: list[Any] = [access]
+    if keys:
+        interceptors.insert(0, ApiKeyInterceptor(keys, protect_health=settings.auth_health_and_metrics,
+                                                 open_reflection=settings.open_grpc_reflection))
+    return build_server(
+        app.state.plane, max_send=settings.grpc_max_send_message_length, max_receive=settings.grpc_max_receive_message_length,
+        interceptors=interceptors,
+    )
 
 
 def configure_logging(level: str) -> None:
@@ -406,41 +381,56 @@ def configure_logging(level: str) -> None:
     )
 
 
+def read_api_keys(settings: Settings) -> ApiKeys:
+    try:
+        return ApiKeys.from_settings(settings.api_key, settings.api_key_file)
+    except (OSError, UnicodeDecodeError) as exc:
+        raise StartupError(f"cannot read --api_key_file {settings.api_key_file}: {getattr(exc, 'strerror', None) or exc}.") from None
+
+
+def _fail(message: str, status: int) -> NoReturn:
+    print(message, file=sys.stderr)
+    raise SystemExit(status)
+
+
 def main(argv: Sequence[str] | None = None) -> None:
     settings = Settings.from_cli(argv)
-    if settings.return_probabilities and settings.return_raw_logits:
-        print("hf-gateway: cannot start: --return_probabilities and --return_raw_logits exclude each other.", file=sys.stderr)
-        raise SystemExit(2)
+    problems = settings.problems()
+    if problems:
+        _fail(f"hf-gateway: error: {problems[0]} Run `hf-gateway --help` for the list of flags.", 2)
     apply_process_env()
     configure_logging(settings.log_level)
+    listen = Listen(settings.host, settings.http_port, settings.grpc_port if settings.enable_grpc else None)
     try:
+        sockets = bind_ports(listen)  # before the model: a busy port is known in a second
+        read_api_keys(settings)  # and an unreadable key file too
         engine = build_engine(settings)
+        app = create_app(settings, engine)
     except UsageError as exc:
-        print(str(exc), file=sys.stderr)
-        raise SystemExit(2) from None
-    except StartupError as exc:
-        print(f"hf-gateway: cannot start: {exc}", file=sys.stderr)
-        raise SystemExit(1) from None
-
-    import uvicorn
+        _fail(str(exc), 2)
+    except (StartupError, PortError) as exc:
+        _fail(f"hf-gateway: cannot start: {exc}", 1)
+    except Exception as exc:  # any other start-up failure: one line (the traceback at debug level)
+        log.debug("start-up failed", exc_info=True)
+        _fail(f"hf-gateway: cannot start: {type(exc).__name__}: {exc}", 1)
 
     caps = engine.capabilities
     log.info(
         "Serving %s (root %s, %s, max_model_len %d) at http://%s:%d/openai/v1",
         caps.model_name, caps.root, caps.dtype, caps.max_model_len, settings.host, settings.http_port,
     )
-    app = create_app(settings, engine)
     if not settings.disable_playground:
         shown_host = "127.0.0.1" if settings.host in ("0.0.0.0", "::", "") else settings.host
         shown_host = f"[{shown_host}]" if ":" in shown_host else shown_host  # an IPv6 address in a URL
         log.info("Playground (chat in a browser): http://%s:%d/playground", shown_host, settings.http_port)
-    config = uvicorn.Config(
-        app,
-        host=settings.host,
-        port=settings.http_port,
+    server = GatewayServer(
+        app, sockets, listen=listen, grace_period=settings.shutdown_grace_period, timeout_keep_alive=settings.timeout_keep_alive,
         log_level=settings.log_level,
-        timeout_keep_alive=settings.timeout_keep_alive,
-        timeout_graceful_shutdown=max(int(math.ceil(settings.shutdown_grace_period)), 1),
-        access_log=False,  # our own one line per request (gateway.access) replaces uvicorn's
+        limits=ConnectionLimits(settings.timeout_request_headers, settings.timeout_request_body, settings.max_request_header_bytes),
     )
-    GracefulServer(config, app).run()
+    try:
+        status = server.run()
+    except StartupError as exc:
+        _fail(f"hf-gateway: cannot start: {exc}", 1)
+    log.info("Stopped.")
+    raise SystemExit(status)

@@ -77,6 +77,10 @@ class Settings:
     grpc_max_send_message_length: int = field(default=8 << 20, **_flag("Largest gRPC message the server sends, in bytes."))
     grpc_max_receive_message_length: int = field(default=8 << 20, **_flag("Largest gRPC message the server accepts, in bytes."))
     timeout_keep_alive: int = field(default=65, **_flag("HTTP keep-alive timeout in seconds (longer than typical proxy idle timeouts)."))
+    timeout_request_headers: float = field(default=15.0, **_flag("Seconds a client has to send a request's line and headers (from connecting, or from the request's first byte); then 408."))
+    timeout_request_body: float = field(default=60.0, **_flag("Seconds a client has to send a request's body after its headers; then 408."))
+    max_request_header_bytes: int = field(default=32 << 10, **_flag("Largest request line plus headers, in bytes; larger is a 431."))
+    open_grpc_reflection: bool = field(default=False, **_flag("Let gRPC clients use server reflection without an API key (with --api_key set)."))
     log_level: str = field(default="info", **_flag("Log level.", choices=LOG_LEVELS))
     disable_log_requests: bool = field(default=False, **_flag("Do not log received requests."))
     max_log_len: int | None = field(default=None, **_flag("Truncate prompts in request logs to this many characters."))
@@ -135,6 +139,32 @@ class Settings:
         parser = build_parser(env=os.environ if env is None else env)
         namespace, rest = parser.parse_known_args(sys.argv[1:] if argv is None else list(argv))
         return cls(**_values(namespace), engine_args=tuple(rest))
+
+    def problems(self) -> list[str]:
+        """Values no server can run with, each as a sentence naming its flag (exit status 2)."""
+        out: list[str] = []
+        positive = ("max_num_seqs", "max_n", "max_logprobs", "max_stop_length", "max_request_body_bytes", "max_request_header_bytes",
+                    "encoder_max_batch", "grpc_max_send_message_length", "grpc_max_receive_message_length", "chat_template_memory_mb",
+                    "max_scored_prompt_tokens")
+        for name in positive:
+            if getattr(self, name) < 1:
+                out.append(f"--{name} must be at least 1, got {getattr(self, name)}.")
+        for name in ("max_waiting", "encoder_batch_wait_ms", "shutdown_grace_period", "fill_mask_top_k", "predictor_request_retries"):
+            if getattr(self, name) < 0:
+                out.append(f"--{name} must not be negative, got {getattr(self, name)}.")
+        for name in ("kv_cache_memory_gb", "chat_template_timeout", "timeout_request_headers", "timeout_request_body",
+                     "stream_ping_interval", "timeout_keep_alive", "predictor_request_timeout_seconds"):
+            if not getattr(self, name) > 0:
+                out.append(f"--{name} must be greater than 0, got {getattr(self, name)}.")
+        for name in ("max_prompt_tokens", "max_total_tokens", "max_model_len", "max_output_tokens"):
+            value = getattr(self, name)
+            if value is not None and value < 1:
+                out.append(f"--{name} must be at least 1, got {value}.")
+        if self.request_timeout is not None and not self.request_timeout > 0:
+            out.append(f"--request_timeout must be greater than 0, got {self.request_timeout}.")
+        if self.return_probabilities and self.return_raw_logits:
+            out.append("--return_probabilities and --return_raw_logits exclude each other.")
+        return out
 
     def unknown_flags_error(self, hint: str = "") -> str:
         return f"hf-gateway: error: unknown flag(s): {' '.join(self.engine_args)}{hint}. Run `hf-gateway --help` for the list of flags."

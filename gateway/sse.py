@@ -6,6 +6,8 @@
   `[DONE]`.
 - A client disconnect cancels the producer, which closes the event iterator (and so aborts the
   engine request) right away, not at the next token.
+- When the server stops what outlived its shutdown grace period, the stream gets an in-band
+  error event and `[DONE]`, not a cut connection.
 It knows nothing about chat or completions: events are JSON-serialisable values.
 """
 
@@ -22,6 +24,8 @@ from starlette.responses import Response
 from starlette.types import Receive, Scope, Send
 
 from gateway.disconnect import cancel_on_disconnect
+from gateway.lifecycle import shutdown_error
+from gateway.observability import current_request
 
 DONE = b"data: [DONE]\n\n"
 PING = b": ping\n\n"
@@ -83,12 +87,24 @@ class SSEResponse(Response):
         )
         pump = asyncio.ensure_future(self._pump(send))
         watcher = asyncio.ensure_future(_disconnected(receive))
+        lifecycle = scope.get("state", {}).get("lifecycle")
+        stop = lifecycle.watch() if lifecycle is not None else None
+        tasks = [t for t in (pump, watcher, stop) if t is not None]
         try:
-            await asyncio.wait({pump, watcher}, return_when=asyncio.FIRST_COMPLETED)
+            done, _ = await asyncio.wait(tasks, return_when=asyncio.FIRST_COMPLETED)
+            if stop in done and not pump.done():
+                record = current_request.get()
+                if record is not None:
+                    record.error = "shutdown"
+                pump.cancel()  # closes the events, which aborts the generation
+                await asyncio.gather(pump, return_exceptions=True)
+                with contextlib.suppress(OSError):
+                    await send({"type": "http.response.body", "body": encode_event(self._error_body(shutdown_error())) + DONE, "more_body": True})
+                    await send({"type": "http.response.body", "body": b"", "more_body": False})
         finally:
-            for task in (pump, watcher):
+            for task in tasks:
                 task.cancel()
-            await asyncio.gather(pump, watcher, return_exceptions=True)
+            await asyncio.gather(*tasks, return_exceptions=True)
 
     async def _pump(self, send: Send) -> None:
         async def body(chunk: bytes) -> None:

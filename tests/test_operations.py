@@ -7,7 +7,6 @@ import asyncio
 import contextlib
 import json
 import logging
-import signal
 import time
 
 import grpc
@@ -297,47 +296,3 @@ async def test_a_dead_generation_thread_fails_requests_and_readiness(tiny_dir):
             assert again.status_code == 503
     finally:
         await engine.stop()
-
-
-def test_sigterm_finishes_in_flight_requests_then_exits_0(tiny_dir):
-    from tests.test_server_process import serve
-
-    proc, base = serve("--model_dir", str(tiny_dir), "--model_name", "tiny", "--shutdown_grace_period", "20")
-    body = {"model": "tiny", "prompt": "Once", "max_tokens": 1500, "ignore_eos": True, "stream": True, "temperature": 0}
-    chunks = 0
-    with httpx.Client(timeout=60) as http, http.stream("POST", f"{base}/openai/v1/completions", json=body) as s:
-        lines = s.iter_lines()
-        for line in lines:
-            if line.startswith("data: {"):
-                proc.send_signal(signal.SIGTERM)
-                break
-        time.sleep(0.3)
-        with pytest.raises(httpx.HTTPError):  # no new connections while draining
-            httpx.get(f"{base}/ready", timeout=2)
-        finish = None
-        for line in lines:
-            if line.startswith("data: {"):
-                chunks += 1
-                finish = json.loads(line[6:])["choices"][0]["finish_reason"] or finish
-        assert finish == "length" and chunks > 10  # the in-flight stream ran to its end
-    assert proc.wait(30) == 0
-
-
-def test_sigterm_aborts_what_outlives_the_grace_period(tiny_dir):
-    from tests.test_server_process import serve
-
-    proc, base = serve("--model_dir", str(tiny_dir), "--model_name", "tiny", "--shutdown_grace_period", "1")
-    body = {"model": "tiny", "prompt": "Once", "max_tokens": 4000, "ignore_eos": True, "stream": True, "temperature": 0}
-    finish, signalled = None, None
-    with httpx.Client(timeout=60) as http, http.stream("POST", f"{base}/openai/v1/completions", json=body) as s:
-        try:
-            for line in s.iter_lines():
-                if line.startswith("data: {"):
-                    if signalled is None:
-                        proc.send_signal(signal.SIGTERM)
-                        signalled = time.monotonic()
-                    finish = json.loads(line[6:])["choices"][0]["finish_reason"] or finish
-        except httpx.HTTPError:
-            pass
-    assert finish is None  # cut off at the end of the grace period, not finished
-    assert proc.wait(30) == 0 and time.monotonic() - signalled < 15
