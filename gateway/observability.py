@@ -12,6 +12,7 @@ from __future__ import annotations
 import contextvars
 import json
 import logging
+import re
 import time
 from collections.abc import AsyncIterator, Iterator, Sequence
 from dataclasses import dataclass, field, replace
@@ -48,6 +49,28 @@ class RequestRecord:
 
 
 current_request: contextvars.ContextVar[RequestRecord | None] = contextvars.ContextVar("current_request", default=None)
+
+# A client's request id is kept when it is a plain token (UUIDs, W3C trace ids, ...); anything
+# else is replaced by one of ours, so it can neither forge log fields nor carry odd bytes.
+_REQUEST_ID = re.compile(r"[A-Za-z0-9._:/+=@#-]{1,128}")
+# A plain-format log value that needs no quotes: no spaces, quotes, '=' or control characters.
+_BARE_VALUE = re.compile(r"[!#-<>-~]+")
+
+
+def safe_request_id(raw: str | bytes | None) -> str | None:
+    if not raw:
+        return None
+    text = raw.decode("latin-1") if isinstance(raw, bytes) else str(raw)
+    return text if _REQUEST_ID.fullmatch(text) else None
+
+
+def _logfmt(value: object) -> str:
+    """One value of the plain access line: bare when it is a plain token, else a JSON string
+    (quoted, with escapes), so no value can add or change fields."""
+    if value is None:
+        return "-"
+    text = str(value)
+    return text if _BARE_VALUE.fullmatch(text) else json.dumps(text)
 
 
 class Metrics:
@@ -257,4 +280,4 @@ def finish_record(record: RequestRecord, metrics: Metrics, *, face: str, log_for
     if log_format == "json":
         access_log.info(json.dumps(fields))
     else:
-        access_log.info(" ".join(f"{k}={'-' if v is None else v}" for k, v in fields.items()))
+        access_log.info(" ".join(f"{k}={_logfmt(v)}" for k, v in fields.items()))
