@@ -16,7 +16,7 @@ VLLM_TESTS := tests/test_openai_chat.py tests/test_openai_completions.py tests/t
 	tests/test_tokenize.py tests/test_embeddings.py tests/test_backend_selection.py tests/test_deploy.py \
 	tests/test_vllm_engine.py tests/test_operations.py tests/test_kserve_rest.py::test_generation_over_v1_and_v2_equals_openai \
 	tests/test_kserve_rest.py::test_embeddings_match_the_openai_face \
-	tests/test_kserve_grpc.py::test_embeddings_and_generation_over_grpc
+	tests/test_kserve_grpc.py::test_embeddings_and_generation_over_grpc tests/test_hostile_input.py tests/test_lifecycle.py
 
 .PHONY: install vllm-env browser serve serve-vllm test test-transformers test-vllm bench clean
 
@@ -62,11 +62,13 @@ serve-vllm: vllm-env
 
 test: test-transformers test-vllm
 
+# Each test run is its own process group, stopped as a whole when it ends: a server or vLLM worker
+# that a failing test left behind does not outlive the run (scripts/in_group.py).
 test-transformers: install browser
-	$(BIN)/python -m pytest -q $(PYTEST_ARGS)
+	$(BIN)/python scripts/in_group.py -- $(BIN)/python -m pytest -q $(PYTEST_ARGS)
 
 test-vllm: vllm-env
-	HF_GATEWAY_TEST_ENGINE=vllm $(VBIN)/python -m pytest -q $(PYTEST_ARGS) $(VLLM_TESTS)
+	HF_GATEWAY_TEST_ENGINE=vllm $(VBIN)/python scripts/in_group.py -- $(VBIN)/python -m pytest -q $(PYTEST_ARGS) $(VLLM_TESTS)
 
 # Side-by-side serving benchmark (minutes; prints a table, writes docs/bench/).
 bench: install

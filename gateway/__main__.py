@@ -1,4 +1,4 @@
-from gateway.server import main
+from gateway.cli import main
 
 if __name__ == "__main__":
     main()

@@ -111,6 +111,7 @@ class _EngineCollector:
         "batch_size": ("gateway_batch_size", "Rows in the transformers engine's last decoding step"),
         "kv_cache_tokens": ("gateway_kv_cache_tokens", "Token slots (rows x width) in the transformers engine's KV cache"),
         "kv_cache_capacity_tokens": ("gateway_kv_cache_capacity_tokens", "KV-cache budget of the transformers engine, in token slots"),
+        "cpu_threads": ("gateway_cpu_threads", "Intra-op CPU threads the transformers engine decodes with now (chosen as it runs)"),
     }
 
     def __init__(self, engine: Engine, model_name: str) -> None:

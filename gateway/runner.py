@@ -16,6 +16,7 @@ import errno
 import logging
 import signal
 import socket
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from typing import Any
 
@@ -102,11 +103,12 @@ class GatewayServer:
     """HTTP (uvicorn, on the sockets bound beforehand) and gRPC on one loop, drained on SIGTERM."""
 
     def __init__(self, app: FastAPI, sockets: list[socket.socket], *, listen: Listen, grace_period: float,
-                 timeout_keep_alive: int, log_level: str, limits: ConnectionLimits) -> None:
+                 timeout_keep_alive: int, log_level: str, limits: ConnectionLimits, executor_threads: int | None = None) -> None:
         self.app = app
         self.sockets = sockets
         self.listen = listen
         self.grace_period = grace_period
+        self.executor_threads = executor_threads
         self.config = uvicorn.Config(
             app, host=listen.host, port=listen.http_port, log_level=log_level, timeout_keep_alive=timeout_keep_alive,
             timeout_graceful_shutdown=5,  # a backstop: the drain has already answered what was running
@@ -129,6 +131,8 @@ class GatewayServer:
         from gateway.server import StartupError, build_grpc_server
 
         self._loop = asyncio.get_running_loop()
+        if self.executor_threads:  # tokenization's threads, sized for the CPUs this process has
+            self._loop.set_default_executor(ThreadPoolExecutor(self.executor_threads, thread_name_prefix="gateway"))
         engine = self.app.state.engine
         await engine.start()
         try:

@@ -21,6 +21,7 @@ from compat.kserve.v1 import build_v1_router
 from compat.kserve.v2_rest import build_v2_router
 from engines import Engine, EngineError
 from engines.template_pool import TemplateLimits
+from engines.threads import ThreadPlan, apply_torch
 from engines.loader import LoadedModel, ModelNotFoundError, ModelSpec, load_model
 from gateway.auth import ApiKeys
 from gateway.disconnect import ClientDisconnected
@@ -88,7 +89,7 @@ def capacity(settings: Settings) -> dict[str, Any]:
     }
 
 
-def build_engine(settings: Settings) -> Engine:
+def build_engine(settings: Settings, cpu_threads: int | None = None) -> Engine:
     """Pick and load the engine (blocking: seconds to minutes).
 
     KServe's rule, with reasons: `auto` takes vLLM when it imports and supports the model's
@@ -126,6 +127,7 @@ def build_engine(settings: Settings) -> Engine:
         return load_engine(
             spec, **capacity(settings),
             encoder_batch_wait_ms=settings.encoder_batch_wait_ms, encoder_max_batch=settings.encoder_max_batch,
+            cpu_threads=cpu_threads, adaptive_threads=settings.adaptive_cpu_threads,
         )
 
 
@@ -394,17 +396,26 @@ def _fail(message: str, status: int) -> NoReturn:
 
 
 def main(argv: Sequence[str] | None = None) -> None:
-    settings = Settings.from_cli(argv)
+    """The command line (see gateway.cli, which sizes threads before torch loads)."""
+    from gateway.cli import main as cli_main
+
+    cli_main(argv)
+
+
+def serve(settings: Settings, threads: ThreadPlan) -> None:
+    """Check the flags, take the ports, load the engine, serve until a signal, exit."""
     problems = settings.problems()
     if problems:
         _fail(f"hf-gateway: error: {problems[0]} Run `hf-gateway --help` for the list of flags.", 2)
     apply_process_env()
     configure_logging(settings.log_level)
+    apply_torch(threads)
+    log.info("%s", threads.describe())
     listen = Listen(settings.host, settings.http_port, settings.grpc_port if settings.enable_grpc else None)
     try:
         sockets = bind_ports(listen)  # before the model: a busy port is known in a second
         read_api_keys(settings)  # and an unreadable key file too
-        engine = build_engine(settings)
+        engine = build_engine(settings, threads.intra_op)
         app = create_app(settings, engine)
     except UsageError as exc:
         _fail(str(exc), 2)
@@ -425,7 +436,7 @@ def main(argv: Sequence[str] | None = None) -> None:
         log.info("Playground (chat in a browser): http://%s:%d/playground", shown_host, settings.http_port)
     server = GatewayServer(
         app, sockets, listen=listen, grace_period=settings.shutdown_grace_period, timeout_keep_alive=settings.timeout_keep_alive,
-        log_level=settings.log_level,
+        log_level=settings.log_level, executor_threads=threads.executor,
         limits=ConnectionLimits(settings.timeout_request_headers, settings.timeout_request_body, settings.max_request_header_bytes),
     )
     try:

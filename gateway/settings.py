@@ -86,6 +86,8 @@ class Settings:
     max_log_len: int | None = field(default=None, **_flag("Truncate prompts in request logs to this many characters."))
     cache_dir: str | None = field(default=None, **_flag("Where converted GGUF models are kept. Default: $XDG_CACHE_HOME/hf-gateway or ~/.cache/hf-gateway."))
     # -- engine capacity ---------------------------------------------------------------------
+    adaptive_cpu_threads: bool = field(default=True, **_flag("Transformers engine on CPU: measure, while serving, whether fewer threads decode faster (a crowded CPU) and use the faster count."))
+    cpu_threads: int | None = field(default=None, **_flag("CPU threads for torch and the tokenizers. Default: the CPUs this process may use (its affinity and cgroup quota); 0 leaves every library's own default."))
     max_num_seqs: int = field(default=32, **_flag("Most sequences the transformers engine decodes together in one batch."))
     max_waiting: int = field(default=256, **_flag("Most requests waiting for a batch slot; beyond it new requests get 429."))
     kv_cache_memory_gb: float = field(default=4.0, **_flag("KV-cache memory bound of the transformers engine, in GiB; rows beyond it wait or are preempted."))
@@ -149,6 +151,8 @@ class Settings:
         for name in positive:
             if getattr(self, name) < 1:
                 out.append(f"--{name} must be at least 1, got {getattr(self, name)}.")
+        if self.cpu_threads is not None and self.cpu_threads < 0:
+            out.append(f"--cpu_threads must not be negative, got {self.cpu_threads}.")
         for name in ("max_waiting", "encoder_batch_wait_ms", "shutdown_grace_period", "fill_mask_top_k", "predictor_request_retries"):
             if getattr(self, name) < 0:
                 out.append(f"--{name} must not be negative, got {getattr(self, name)}.")

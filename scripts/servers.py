@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import contextlib
+import os
 import random
+import signal
 import socket
 import subprocess
 import sys
@@ -41,18 +43,35 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
+def stop_group(proc: subprocess.Popen, grace: float = 60.0) -> None:
+    """Stop a process started with `start_new_session=True` and everything it started (vLLM's
+    engine and workers, template workers): SIGTERM to the group, SIGKILL after `grace` seconds."""
+    for sig, wait in ((signal.SIGTERM, grace), (signal.SIGKILL, 30.0)):
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(proc.pid, sig)
+        try:
+            proc.wait(wait)
+        except subprocess.TimeoutExpired:
+            continue
+        if sig == signal.SIGTERM:  # the leader is gone; its children may not be
+            with contextlib.suppress(ProcessLookupError):
+                os.killpg(proc.pid, signal.SIGKILL)
+        return
+
+
 @contextlib.contextmanager
 def gateway_process(args: list[str], python: str = sys.executable, *, grpc_port: int | None = None) -> Iterator[tuple[str, subprocess.Popen]]:
-    """Yield (http://127.0.0.1:PORT, process) once /openai/v1/models answers; stop it afterwards."""
+    """Yield (http://127.0.0.1:PORT, process) once /openai/v1/models answers; stop it (and every
+    process it started) afterwards, also when the caller fails."""
     port = free_port()
     grpc_args = ["--grpc_port", str(grpc_port)] if grpc_port else []
     proc = subprocess.Popen(
         [python, "-m", "gateway", "--host", "127.0.0.1", "--http_port", str(port), *grpc_args, "--disable_log_requests", *args],
-        cwd=ROOT, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+        cwd=ROOT, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True,
     )
     base = f"http://127.0.0.1:{port}"
     try:
-        deadline = time.monotonic() + 300
+        deadline = time.monotonic() + 900  # a hang guard: a loaded machine starts vLLM slowly
         while True:
             if proc.poll() is not None:
                 raise RuntimeError(f"server {args} exited with {proc.returncode}")
@@ -64,5 +83,4 @@ def gateway_process(args: list[str], python: str = sys.executable, *, grpc_port:
             time.sleep(0.3)
         yield base, proc
     finally:
-        proc.terminate()
-        proc.wait(60)
+        stop_group(proc)

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import asyncio
 import os
+import subprocess
 import sys
 import threading
 import time
@@ -28,7 +29,7 @@ from engines.loader import ModelSpec, resolve_source
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "scripts"))
 from make_tiny_models import HEADS, build_bert, build_t5  # noqa: E402
-from servers import free_port  # noqa: E402
+from servers import free_port, stop_group  # noqa: E402
 
 # ChatML plus a template-level error, so tests can check that template failures are 400s.
 TINY_CHAT_TEMPLATE = (
@@ -44,6 +45,24 @@ TINY_MAX_LEN = 4096
 TEST_ENGINE = os.environ.get("HF_GATEWAY_TEST_ENGINE", "transformers")
 vllm_only = pytest.mark.skipif(TEST_ENGINE != "vllm", reason="runs on the vLLM engine (HF_GATEWAY_TEST_ENGINE=vllm)")
 transformers_only = pytest.mark.skipif(TEST_ENGINE == "vllm", reason="about the transformers engine itself")
+
+
+_SPAWNED: list[subprocess.Popen] = []
+
+
+def spawn(args: list[str], **kwargs) -> subprocess.Popen:
+    """A process in a process group of its own (with whatever it starts: vLLM's engine and workers,
+    template workers), stopped as a group by `stop_group`, and at the end of the session in any case."""
+    proc = subprocess.Popen(args, start_new_session=True, **kwargs)
+    _SPAWNED.append(proc)
+    return proc
+
+
+@pytest.fixture(scope="session", autouse=True)
+def _stop_every_spawned_group():
+    yield
+    for proc in _SPAWNED:
+        stop_group(proc, grace=10)
 
 
 def run_async(coro):
@@ -159,7 +178,7 @@ class ThreadedServer:
 
     def __enter__(self) -> ThreadedServer:
         self.thread.start()
-        deadline = time.monotonic() + 30
+        deadline = time.monotonic() + 300  # a hang guard
         while not self.server.started:
             if time.monotonic() > deadline:
                 raise RuntimeError("uvicorn did not start")

@@ -48,3 +48,26 @@ def metric_sample(text: str, name: str, **labels: str) -> float:
         if all(part in found_labels.split(",") for part in want.split(",") if part):
             total += float(value)
     return total
+
+
+async def eventually(condition, what: str, limit: float = 300.0, interval: float = 0.02) -> None:
+    """Wait until `condition()` holds. The limit only guards against a hang: nothing here assumes
+    how fast a busy machine is."""
+    import asyncio
+    import time
+
+    deadline = time.monotonic() + limit
+    while not condition():
+        if time.monotonic() > deadline:
+            raise AssertionError(f"gave up waiting for {what}")
+        await asyncio.sleep(interval)
+
+
+def eventually_sync(condition, what: str, limit: float = 300.0, interval: float = 0.05) -> None:
+    import time
+
+    deadline = time.monotonic() + limit
+    while not condition():
+        if time.monotonic() > deadline:
+            raise AssertionError(f"gave up waiting for {what}")
+        time.sleep(interval)

@@ -10,6 +10,7 @@ from engines import EngineError, ErrorCode, GenerationParams, RequestContext
 from engines.hf import HFEngine
 from engines.hf.scheduler import SchedulerLimits
 from engines.loader import ModelSpec
+from tests.helpers import eventually
 
 PROMPTS = [
     "Once upon a time",
@@ -91,7 +92,10 @@ async def saturated(engine, rows=2, queued=2):
             stream = engine.generate(PROMPTS[3], long, RequestContext(f"fill{i}-{uuid.uuid4().hex}"))
             streams.append(stream)
             firsts.append(asyncio.ensure_future(anext(stream)))
-            await asyncio.sleep(0.1)  # let the scheduler admit it before the next one comes
+            if i < rows:  # admitted: its first token has come
+                await asyncio.shield(firsts[-1])
+            else:  # queued behind the full batch
+                await eventually(lambda n=i - rows + 1: engine.stats()["waiting"] == n, "the request to queue")
         yield
     finally:
         for f in firsts:
@@ -108,8 +112,7 @@ async def test_full_queue_is_refused_then_recovers(small_engine):
         with pytest.raises(EngineError) as exc:
             await run(small_engine, PROMPTS[1], max_tokens=2)
         assert exc.value.code is ErrorCode.OVERLOADED
-    await asyncio.sleep(0.2)
-    assert small_engine.stats()["running"] == 0 and small_engine.stats()["waiting"] == 0
+    await eventually(lambda: small_engine.stats()["running"] == 0 and small_engine.stats()["waiting"] == 0, "the engine to empty")
     text, ids, finish = await run(small_engine, PROMPTS[1], max_tokens=2)
     assert len(ids) == 2
 
@@ -160,7 +163,7 @@ async def test_http_429_with_retry_after_and_readiness(small_engine):
             assert ready.status_code == 503 and ready.json()["saturated"] is True
             assert (await http.get("/openai/v1/models")).status_code == 200  # still responsive
             assert (await http.get("/health")).status_code == 200
-        await asyncio.sleep(0.2)
+        await eventually(lambda: small_engine.stats()["running"] == 0 and small_engine.stats()["waiting"] == 0, "the engine to empty")
         assert (await http.get("/ready")).status_code == 200
         r = await http.post("/openai/v1/completions", json={"prompt": "x", "max_tokens": 2})
         assert r.status_code == 200

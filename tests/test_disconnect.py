@@ -1,60 +1,52 @@
 """A client that goes away stops its generation; checked over real sockets against uvicorn."""
 
 import asyncio
-import time
 
 import httpx
 import pytest
 
+from tests.helpers import eventually
+
 LONG = {"messages": [{"role": "user", "content": "Tell me everything."}], "max_tokens": 4000, "ignore_eos": True}
 
 
-async def wait_idle(engine, timeout=2.0):
-    deadline = time.monotonic() + timeout
-    while engine.stats()["running"] and time.monotonic() < deadline:
-        await asyncio.sleep(0.01)
+async def wait_idle(engine):
+    """The engine's gauges back at zero (no time limit but a hang guard: a busy machine is slow)."""
+    await eventually(lambda: engine.stats()["running"] == 0 and engine.stats()["waiting"] == 0, "the engine to be idle")
     return engine.stats()
 
 
-async def short_request_latency(base_url):
-    async with httpx.AsyncClient(base_url=base_url, timeout=60) as http:
-        start = time.perf_counter()
-        r = await http.post("/openai/v1/chat/completions", json={**LONG, "max_tokens": 10})
-        assert r.status_code == 200 and r.json()["usage"]["completion_tokens"] == 10
-        return time.perf_counter() - start
-
-
 async def test_closed_stream_aborts_and_frees_the_engine(live_tiny, tiny_engine):
-    before = tiny_engine.stats()["aborted_total"]
-    async with httpx.AsyncClient(base_url=live_tiny.base_url, timeout=60) as http:
+    """The abort counter moves (the generation was stopped, not finished: 4000 tokens were asked)
+    and the slot is free; the next request is served."""
+    before = tiny_engine.stats()
+    async with httpx.AsyncClient(base_url=live_tiny.base_url, timeout=600) as http:
         async with http.stream("POST", "/openai/v1/chat/completions", json={**LONG, "stream": True}) as r:
             assert r.status_code == 200
-            started, events = time.perf_counter(), 0
+            events = 0
             async for line in r.aiter_lines():
-                if line.startswith("data: "):
-                    events += 1
+                events += line.startswith("data: ")
                 if events == 30:
                     break
-            per_token = (time.perf_counter() - started) / 29
     stats = await wait_idle(tiny_engine)
-    assert stats["running"] == 0 and stats["aborted_total"] == before + 1
-    # Had the abort not reached the engine, the next request would queue behind ~3970 tokens.
-    remaining = (LONG["max_tokens"] - 30) * per_token
-    latency = await short_request_latency(live_tiny.base_url)
-    assert latency < remaining / 4, (latency, remaining)
+    assert stats["aborted_total"] == before["aborted_total"] + 1 and stats["completed_total"] == before["completed_total"]
+    async with httpx.AsyncClient(base_url=live_tiny.base_url, timeout=600) as http:
+        r = await http.post("/openai/v1/chat/completions", json={**LONG, "max_tokens": 10})
+        assert r.status_code == 200 and r.json()["usage"]["completion_tokens"] == 10
 
 
 async def test_abandoned_non_streaming_request_aborts(live_tiny, tiny_engine):
-    per_token = await short_request_latency(live_tiny.base_url) / 10
-    before = tiny_engine.stats()["aborted_total"]
-    async with httpx.AsyncClient(base_url=live_tiny.base_url, timeout=httpx.Timeout(60, read=0.5)) as http:
-        with pytest.raises(httpx.ReadTimeout):
-            await http.post("/openai/v1/chat/completions", json=LONG)
+    """A client that gives up on a non-streaming request: the generation is aborted once the
+    server sees the connection close (the request had started: the running gauge showed it)."""
+    before = tiny_engine.stats()
+    async with httpx.AsyncClient(base_url=live_tiny.base_url, timeout=600) as http:
+        call = asyncio.ensure_future(http.post("/openai/v1/chat/completions", json=LONG))
+        await eventually(lambda: tiny_engine.stats()["running"] == 1, "the generation to start")
+        call.cancel()  # the client hangs up
+        with pytest.raises(asyncio.CancelledError):
+            await call
     stats = await wait_idle(tiny_engine)
-    assert stats["running"] == 0 and stats["aborted_total"] == before + 1
-    remaining = LONG["max_tokens"] * per_token - 0.5
-    latency = await short_request_latency(live_tiny.base_url)
-    assert latency < remaining / 4, (latency, remaining)
+    assert stats["aborted_total"] == before["aborted_total"] + 1 and stats["completed_total"] == before["completed_total"]
 
 
 async def test_sse_over_a_real_socket_is_newline_framed(live_tiny):

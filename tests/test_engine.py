@@ -8,6 +8,7 @@ import pytest
 
 from engines import EngineError, ErrorCode, GenerationParams, RequestContext
 from engines.protocol import Engine
+from tests.helpers import eventually
 
 
 def ctx():
@@ -96,9 +97,7 @@ async def test_closing_the_stream_aborts_within_a_step(tiny_engine):
         if delta.completion_tokens == 3:
             break
     await stream.aclose()
-    deadline = time.monotonic() + 2
-    while tiny_engine.stats()["running"] and time.monotonic() < deadline:
-        await asyncio.sleep(0.01)
+    await eventually(lambda: tiny_engine.stats()["running"] == 0, "the abort to free the slot")
     stats = tiny_engine.stats()
     assert stats["running"] == 0 and stats["aborted_total"] == before + 1
 
@@ -110,8 +109,7 @@ async def test_abort_by_request_id(tiny_engine):
     await tiny_engine.abort(c.request_id)
     rest = []
     consumer = asyncio.ensure_future(_drain(stream, rest))
-    await asyncio.sleep(0.5)
-    assert tiny_engine.stats()["running"] == 0
+    await eventually(lambda: tiny_engine.stats()["running"] == 0, "the abort to free the slot")
     consumer.cancel()
     assert first.completion_tokens == 1 and len(rest) < 4000
 
@@ -128,4 +126,6 @@ async def test_deadline_aborts_with_an_error(tiny_engine):
         async for d in tiny_engine.generate(PROMPT, GenerationParams(max_tokens=4000, ignore_eos=True), c):
             got.append(d)
     assert exc.value.code is ErrorCode.UNAVAILABLE and "deadline" in exc.value.message
-    assert 0 < len(got) < 4000 and tiny_engine.stats()["running"] == 0
+    # Some tokens, or none if the deadline passed before it was admitted: never the whole answer.
+    assert len(got) < 4000
+    await eventually(lambda: tiny_engine.stats()["running"] == 0, "the engine to be idle")

@@ -21,7 +21,7 @@ import pytest
 
 from compat.kserve.grpc.generated import grpc_predict_v2_pb2 as pb
 from compat.kserve.grpc.generated import grpc_predict_v2_pb2_grpc as pb_grpc
-from tests.conftest import free_port, make_app
+from tests.conftest import free_port, make_app, spawn, stop_group
 from tests.helpers import sse_events
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -143,18 +143,15 @@ async def test_requests_that_finish_in_the_grace_period_are_untouched(tiny_engin
 
 
 def gateway(*args: str) -> subprocess.Popen:
-    return subprocess.Popen([sys.executable, "-m", "gateway", *args], cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
-                            text=True, start_new_session=True)
+    return spawn([sys.executable, "-m", "gateway", *args], cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
 
 
-def finished(proc: subprocess.Popen, timeout: float = 300) -> tuple[int, str]:
+def finished(proc: subprocess.Popen, timeout: float = 600) -> tuple[int, str]:
+    """Its exit status and output; its process group is stopped whatever happens."""
     try:
         out, _ = proc.communicate(timeout=timeout)
     finally:
-        with contextlib.suppress(ProcessLookupError):
-            import os
-
-            os.killpg(proc.pid, signal.SIGKILL)
+        stop_group(proc, grace=10)
     return proc.returncode, out
 
 
@@ -186,7 +183,7 @@ def test_start_up_mistakes_are_one_line_before_any_model_loads(tiny_dir, args, s
         if flag not in args:
             args = (*args, flag, value)
     with listening(busy):
-        code, out = finished(gateway("--model_dir", str(tiny_dir), *args), timeout=120)
+        code, out = finished(gateway("--model_dir", str(tiny_dir), *args))
     assert code == 1, out
     lines = [line for line in out.splitlines() if "cannot start" in line]
     assert len(lines) == 1 and says.format(**fill) in lines[0], out
@@ -195,7 +192,7 @@ def test_start_up_mistakes_are_one_line_before_any_model_loads(tiny_dir, args, s
 
 @pytest.mark.parametrize(("flag", "value"), [("--max_num_seqs", "0"), ("--chat_template_timeout", "-1"), ("--max_waiting", "-5")])
 def test_impossible_values_are_usage_errors(flag, value):
-    code, out = finished(gateway(flag, value), timeout=120)
+    code, out = finished(gateway(flag, value))
     assert code == 2 and f"{flag} must" in out and "Traceback" not in out, out
 
 
@@ -205,7 +202,7 @@ def test_sigterm_drains_and_exits_0(tiny_dir):
     in-band error), the process exits 0."""
     port = free_port()
     proc = gateway("--model_dir", str(tiny_dir), "--model_name", "tiny", "--host", "127.0.0.1", "--http_port", str(port),
-                   "--grpc_port", str(free_port()), "--shutdown_grace_period", "600")
+                   "--grpc_port", str(free_port()), "--shutdown_grace_period", "600", "--backend", "huggingface")
     base = f"http://127.0.0.1:{port}"
     try:
         with httpx.Client(timeout=600) as http:
@@ -232,11 +229,9 @@ def test_sigterm_drains_and_exits_0(tiny_dir):
                 body += list(lines)
             events = sse_events("\n".join(body) + "\n")
             assert events[-1]["choices"][0]["finish_reason"] == "length"  # 600 s is enough for 64 tokens
-        code, out = finished(proc, timeout=120)
+        code, out = finished(proc)
         assert code == 0, out
         assert "Traceback" not in out
+        assert "usable CPU(s)" in out and "threads (" in out  # the thread sizing is logged once at start
     finally:
-        with contextlib.suppress(ProcessLookupError):
-            import os
-
-            os.killpg(proc.pid, signal.SIGKILL)
+        stop_group(proc, grace=10)

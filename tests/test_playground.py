@@ -24,7 +24,7 @@ import httpx
 import pytest
 
 from engines.loader import ModelSpec
-from tests.conftest import TEST_ENGINE, ThreadedServer, free_port, make_app, run_async
+from tests.conftest import TEST_ENGINE, ThreadedServer, free_port, make_app, run_async, spawn, stop_group
 from tests.helpers import metric_sample
 
 pytestmark = pytest.mark.skipif(TEST_ENGINE != "transformers", reason="the page is the same on every engine; run once")
@@ -61,10 +61,35 @@ def chat_server(chat_engine) -> Iterator[ThreadedServer]:
         yield server
 
 
+class DeadlineMidStream:
+    """The real engine; each generation fails with the deadline error after its third delta, so the
+    failure comes after the stream started however fast or slow the machine is."""
+
+    def __init__(self, engine) -> None:
+        self._engine = engine
+
+    def __getattr__(self, name):
+        return getattr(self._engine, name)
+
+    async def generate(self, prompt, params, ctx):
+        from engines import EngineError, ErrorCode
+
+        stream = self._engine.generate(prompt, params, ctx)
+        try:
+            count = 0
+            async for delta in stream:
+                yield delta
+                count += 1
+                if count == 3:
+                    raise EngineError(ErrorCode.UNAVAILABLE, "The request deadline was exceeded.")
+        finally:
+            await stream.aclose()
+
+
 @pytest.fixture(scope="module")
 def deadline_server(chat_engine) -> Iterator[ThreadedServer]:
-    """Every request has a one-second deadline: a long answer fails after its stream started."""
-    with ThreadedServer(make_app(chat_engine, request_timeout=1.0, disable_log_requests=True)) as server:
+    """A long answer fails after its stream started, with the deadline's error."""
+    with ThreadedServer(make_app(DeadlineMidStream(chat_engine), disable_log_requests=True)) as server:
         yield server
 
 
@@ -82,7 +107,8 @@ def aborted(base_url: str) -> float:
     return metric_sample(httpx.get(f"{base_url}/metrics").text, "gateway_requests_aborted_total")
 
 
-def wait_for(condition, timeout: float = 10.0, what: str = "condition") -> None:
+def wait_for(condition, timeout: float = 300.0, what: str = "condition") -> None:
+    """Wait for a condition; the timeout only guards against a hang (a busy machine is slow)."""
     deadline = time.monotonic() + timeout
     while not condition():
         if time.monotonic() > deadline:
@@ -148,7 +174,7 @@ class Page:
     def answers(self):
         return self.page.locator(".message.assistant")
 
-    def wait_for_answer(self, index: int, timeout: float = 60_000):
+    def wait_for_answer(self, index: int, timeout: float = 600_000):  # ms; a hang guard
         answer = self.answers().nth(index)
         answer.locator(".stats, .error").first.wait_for(timeout=timeout)
         self.page.wait_for_selector("#send:not([hidden])")
@@ -251,7 +277,7 @@ OBSERVE_STREAM = """() => {
 def replay(base_url: str, body: dict) -> dict:
     """The page's own request, sent again without streaming: what the server says it answered."""
     plain = {k: v for k, v in body.items() if k not in ("stream", "stream_options")}
-    response = httpx.post(f"{base_url}/openai/v1/chat/completions", json=plain, headers={"Authorization": f"Bearer {KEY}"}, timeout=60)
+    response = httpx.post(f"{base_url}/openai/v1/chat/completions", json=plain, headers={"Authorization": f"Bearer {KEY}"}, timeout=600)
     assert response.status_code == 200, response.text
     return response.json()
 
@@ -306,7 +332,7 @@ def test_stop_aborts_the_generation_on_the_server(open_page, chat_server):
     page.page.locator(".message.assistant .content").filter(has_text=re.compile(r"\S")).wait_for()
     wait_for(lambda: running(base) == 1, what="the generation to be running")
     page.page.click("#stop")
-    wait_for(lambda: running(base) == 0, timeout=5, what="the server to stop generating")
+    wait_for(lambda: running(base) == 0, what="the server to stop generating")
     assert aborted(base) == aborted_before + 1
     answer = page.wait_for_answer(0)
     assert answer.locator(".finish").inner_text() == "finish: stopped"
@@ -316,7 +342,7 @@ def test_stop_aborts_the_generation_on_the_server(open_page, chat_server):
     page.send("Another long one")
     page.answers().nth(1).locator(".content").filter(has_text=re.compile(r"\S")).wait_for()
     page.page.click("#new-chat")
-    wait_for(lambda: running(base) == 0, timeout=5, what="the server to stop generating")
+    wait_for(lambda: running(base) == 0, what="the server to stop generating")
     assert page.answers().count() == 0
     page.set(max_tokens="4")
     page.send("Short")
@@ -339,7 +365,7 @@ def test_errors_are_shown(open_page, chat_server, deadline_server):
 
     # 429: the only batch slot is taken by another client.
     page.set(temperature="1", max_tokens="4000")
-    with httpx.Client(base_url=base, headers={"Authorization": f"Bearer {KEY}"}, timeout=30) as other:
+    with httpx.Client(base_url=base, headers={"Authorization": f"Bearer {KEY}"}, timeout=600) as other:
         hold = {"model": "tiny", "messages": [{"role": "user", "content": "x"}], "max_tokens": 4000, "stream": True}
         with other.stream("POST", "/openai/v1/chat/completions", json=hold) as held:
             assert held.status_code == 200, held.read()
@@ -352,11 +378,11 @@ def test_errors_are_shown(open_page, chat_server, deadline_server):
             assert "rate_limit_exceeded" in error.inner_text() and "Retry after 1 s" in error.inner_text()
     wait_for(lambda: running(base) == 0, what="the other client's generation to be aborted")
 
-    # In-band: the deadline passes after the answer started streaming; the partial answer stays.
+    # In-band: the answer fails after it started streaming; the partial answer stays.
     late = open_page(deadline_server.base_url).wait_for_models()
     late.set(max_tokens="4000", temperature="1")
     late.send("A long one")
-    answer = late.wait_for_answer(0, timeout=30_000)
+    answer = late.wait_for_answer(0)
     error = answer.locator(".error")
     assert error.get_attribute("data-status") == "stream"
     assert "deadline" in error.inner_text()
@@ -433,7 +459,7 @@ def test_embedding_model_gets_the_compare_view(open_page, embed_server):
 def test_serve_command_prints_the_url_and_the_page_chats(open_page, smollm_dir):
     """`hf-gateway` with no model flags, as the README starts it: follow the printed URL and ask."""
     port = free_port()
-    proc = subprocess.Popen(
+    proc = spawn(
         [sys.executable, "-m", "gateway", "--http_port", str(port), "--grpc_port", str(free_port()), "--disable_log_requests"],
         cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
     )
@@ -449,11 +475,11 @@ def test_serve_command_prints_the_url_and_the_page_chats(open_page, smollm_dir):
 
     threading.Thread(target=read, daemon=True).start()
     try:
-        wait_for(lambda: bool(found) or proc.poll() is not None, timeout=180, what="the playground URL")
+        wait_for(lambda: bool(found) or proc.poll() is not None, timeout=900, what="the playground URL")
         assert found, "".join(output)
         url = found[0]
         assert url == f"http://127.0.0.1:{port}/playground"
-        wait_for(lambda: _ready(url), timeout=60, what="the server to answer")
+        wait_for(lambda: _ready(url), what="the server to answer")
         page = open_page(url.removesuffix("/playground"), path="/").wait_for_models()  # / redirects a browser
         assert page.page.url == url
         page.set(temperature="0", max_tokens="24")
@@ -462,12 +488,11 @@ def test_serve_command_prints_the_url_and_the_page_chats(open_page, smollm_dir):
         assert "Paris" in answer.locator(".content").inner_text()
         assert answer.locator(".finish").inner_text() in ("finish: stop", "finish: length")
     finally:
-        proc.terminate()
-        proc.wait(30)
+        stop_group(proc)
 
 
 def _ready(url: str) -> bool:
     try:
-        return httpx.get(url, timeout=2).status_code == 200
+        return httpx.get(url, timeout=30).status_code == 200
     except httpx.HTTPError:
         return False

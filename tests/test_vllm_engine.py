@@ -15,7 +15,8 @@ import pytest
 
 from engines.loader import ModelSpec
 from engines.types import GenerationParams, RequestContext
-from tests.conftest import TEST_ENGINE, make_app
+from tests.conftest import TEST_ENGINE, make_app, stop_group
+from tests.helpers import eventually
 
 pytestmark = pytest.mark.skipif(TEST_ENGINE != "vllm", reason="runs on the vLLM engine (HF_GATEWAY_TEST_ENGINE=vllm)")
 
@@ -79,11 +80,9 @@ async def test_a_stop_string_ends_the_vllm_request_at_once(tiny_engine):
     deltas, ids, cut = await collect(tiny_engine, "Once upon a time", GenerationParams(max_tokens=40, temperature=0.0, ignore_eos=True, stop=(stop,)), "stopped")
     assert cut == text[: text.index(stop)] and deltas[-1].stop_reason == stop and deltas[-1].finish_reason == "stop"
     assert deltas[-1].completion_tokens == len(ids) < 40
-    for _ in range(50):  # vLLM drops the aborted request within a step or two
-        if tiny_engine.stats()["engine_unfinished"] == 0:
-            break
-        await asyncio.sleep(0.05)
-    assert tiny_engine.stats()["engine_unfinished"] == 0 and await tiny_engine.check_health()
+    # vLLM drops the aborted request within a step or two
+    await eventually(lambda: tiny_engine.stats()["engine_unfinished"] == 0, "vLLM to drop the aborted request")
+    assert await tiny_engine.check_health()
 
 
 async def test_speculative_decoding_with_kserves_flags_is_lossless(smollm_engines, smollm_dir: Path):
@@ -174,6 +173,9 @@ def test_the_cli_serves_the_default_model_on_vllm():
         assert "".join(c.choices[0].delta.content or "" for c in chunks if c.choices) == r.choices[0].message.content
         assert chunks[-1].usage.completion_tokens == r.usage.completion_tokens
     finally:
-        proc.terminate()
-        out = proc.communicate(timeout=60)[0]
+        proc.terminate()  # the gateway drains, stops vLLM's engine process and exits
+        try:
+            out = proc.communicate(timeout=600)[0]
+        finally:
+            stop_group(proc)  # whatever is left of its process group
     assert "Engine: vLLM" in out and "supports LlamaForCausalLM for text_generation" in out

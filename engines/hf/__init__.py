@@ -7,6 +7,7 @@ from engines.hf.engine import HFEngine
 from engines.hf.seq2seq import HFSeq2SeqEngine
 from engines.loader import ModelSpec, load_model
 from engines.tasks import Task
+from engines.threads import ThreadTuner
 
 
 def load_engine(
@@ -18,6 +19,8 @@ def load_engine(
     kv_cache_memory_gb: float = 4.0,
     encoder_batch_wait_ms: float = 5.0,
     encoder_max_batch: int = 64,
+    cpu_threads: int | None = None,
+    adaptive_threads: bool = True,
 ) -> HFEngine | HFEncoderEngine | HFSeq2SeqEngine:
     """Load the model and wrap it in the engine its task needs (blocking: seconds)."""
     loaded = load_model(spec)
@@ -28,7 +31,10 @@ def load_engine(
             loaded, served_name=served_name, batch_wait_ms=encoder_batch_wait_ms, max_batch=encoder_max_batch,
             max_waiting=max(max_waiting, encoder_max_batch) * 16,
         )
-    engine = HFEngine(loaded, served_name=served_name)
+    # On the CPU, the decoding steps choose their thread count as they go (engines.threads).
+    on_cpu = next(loaded.model.parameters()).device.type == "cpu"
+    tuner = ThreadTuner(cpu_threads) if cpu_threads and adaptive_threads and on_cpu else None
+    engine = HFEngine(loaded, served_name=served_name, tuner=tuner)
     engine.limits.max_num_seqs = max_num_seqs
     engine.limits.max_waiting = max_waiting
     engine.limits.kv_cache_tokens = int(kv_cache_memory_gb * (1 << 30)) // engine.kv_bytes_per_token

@@ -15,6 +15,7 @@ from engines.hf.scheduler import GenerationScheduler, SchedulerLimits
 from engines.hf.scheduler import Sequence as SchedSequence
 from engines.loader import LoadedModel, ModelSpec, load_model
 from engines.structured import GrammarCompiler
+from engines.threads import ThreadTuner
 from engines.validation import validate_generation
 from engines.types import (
     GenerationDelta,
@@ -26,7 +27,9 @@ log = logging.getLogger(__name__)
 
 
 class HFEngine(GenerativeOnly, LoadedEngine):
-    def __init__(self, loaded: LoadedModel, *, served_name: str, limits: SchedulerLimits | None = None) -> None:
+    def __init__(
+        self, loaded: LoadedModel, *, served_name: str, limits: SchedulerLimits | None = None, tuner: ThreadTuner | None = None
+    ) -> None:
         super().__init__(loaded, served_name=served_name)
         # Logits have the model's vocabulary size, which may exceed the tokenizer's.
         logits_vocab = int(getattr(loaded.model.config, "vocab_size", 0) or self._tokenizer.vocab_size)
@@ -39,6 +42,7 @@ class HFEngine(GenerativeOnly, LoadedEngine):
             vocab_size=logits_vocab,
             grammars=self._grammars,
             limits=limits,
+            tuner=tuner,
         )
 
     @property

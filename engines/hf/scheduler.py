@@ -34,6 +34,7 @@ from engines.detokenizer import decode_prompt_pieces
 from engines.errors import EngineError, ErrorCode
 from engines.sampling import SequenceSampler, top_logprobs
 from engines.structured import Constraint, GrammarCompiler
+from engines.threads import ThreadTuner
 from engines.tokenizer import Tokenizer
 from engines.types import GenerationDelta, GenerationParams, TokenLogprob
 
@@ -101,6 +102,7 @@ class GenerationScheduler:
         vocab_size: int,
         grammars: GrammarCompiler,
         limits: SchedulerLimits | None = None,
+        tuner: ThreadTuner | None = None,
     ) -> None:
         self._model = model
         self._tok = tokenizer
@@ -109,6 +111,7 @@ class GenerationScheduler:
         self._max_model_len = max_model_len
         self._eos = eos_token_ids
         self.limits = limits or SchedulerLimits()
+        self.tuner = tuner
         self._device = next(model.parameters()).device
         self._cache_kwarg = "cache" if "cache" in inspect.signature(model.forward).parameters else "past_key_values"
         pad = tokenizer.hf.pad_token_id
@@ -194,6 +197,7 @@ class GenerationScheduler:
                 "kv_cache_tokens": 0 if self._batch is None else len(self._batch.rows) * self._batch.width,
                 "kv_cache_capacity_tokens": self.limits.kv_cache_tokens,
                 "saturated": int(self.saturated),
+                **({"cpu_threads": self.tuner.threads} if self.tuner is not None else {}),
             }
 
     # -- the loop -----------------------------------------------------------------------------
@@ -370,7 +374,13 @@ class GenerationScheduler:
         input_ids = torch.tensor(tokens, dtype=torch.long, device=self._device).unsqueeze(1)
         batch.mask = F.pad(batch.mask, (0, 1), value=1)
         positions = batch.lengths.unsqueeze(1)
+        tuner = self.tuner
+        if tuner is not None:
+            tuner.before_step()
+        started = time.perf_counter()
         batch.logits = self._forward(input_ids, batch.mask, positions, batch.cache)[:, -1]
+        if tuner is not None:
+            tuner.after_step(len(tokens), time.perf_counter() - started)
         batch.lengths = batch.lengths + 1
 
     # -- admission and prefill ----------------------------------------------------------------

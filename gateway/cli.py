@@ -1,0 +1,20 @@
+"""The command line (`hf-gateway`, `python -m gateway`), kept light on purpose: flags are read and
+the process's threads are sized (`engines.threads`) before torch, transformers or a model load,
+because the thread libraries read their environment once, when they load."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+
+def main(argv: Sequence[str] | None = None) -> None:
+    from engines.threads import apply_environment, cpu_budget, plan_threads
+    from gateway.settings import Settings
+
+    settings = Settings.from_cli(argv)
+    threads = plan_threads(cpu_budget(), settings.cpu_threads)
+    apply_environment(threads)
+
+    from gateway.server import serve
+
+    serve(settings, threads)
