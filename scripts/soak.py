@@ -5,8 +5,12 @@
 
 The mix: streaming and non-streaming chat, completions, embeddings, KServe v2 REST and gRPC
 inference, malformed requests (bad JSON, bad parameters, unknown models), clients that hang up
-mid-stream and clients that time out. By default it starts the packaged SmolLM2 (generation, v2,
-gRPC) and the packaged all-MiniLM-L6-v2 (embeddings) as real `python -m gateway` processes.
+mid-stream and clients that time out, and hostile ones: lone surrogates, templates smuggled in
+`chat_template_kwargs`, malformed tool calls and KServe outputs (each a 4xx), unknown keys with CR/LF
+or thousands of them (answered, with a bounded `x-ignored-params`), slowloris headers and bodies
+that never arrive (408), and slow readers that take one chunk at a time. By default it starts the
+packaged SmolLM2 (generation, v2, gRPC) and the packaged all-MiniLM-L6-v2 (embeddings) as real
+`python -m gateway` processes.
 
 At the end it checks and prints:
 - every request is accounted for: sent = completed + rejected (429) + aborted (on purpose) + 4xx;
@@ -55,6 +59,20 @@ MALFORMED = [
     ("POST", "/v1/models/model:predict", json.dumps({"instances": []}).encode(), None),
     ("GET", "/openai/v1/models/unknown", b"", None),
 ]
+# Hostile bodies (adversary.md): each is answered 4xx in the face's envelope before any work.
+HOSTILE = [
+    ("/openai/v1/chat/completions", b'{"messages":[{"role":"user","content":"\\ud800 x"}],"max_tokens":4}'),
+    ("/openai/v1/completions", b'{"prompt":"\\ud83d","max_tokens":4}'),
+    ("/tokenize", b'{"messages":[{"role":"user","content":"hi"}],"chat_template_kwargs":{"chat_template":"{% for i in range(100000) %}'
+                  b'{% for j in range(1000) %}{% endfor %}{% endfor %}x"}}'),
+    ("/openai/v1/chat/completions", b'{"messages":[{"role":"user","content":"x"}],"chat_template_kwargs":{"messages":[]}}'),
+    ("/openai/v1/chat/completions", b'{"messages":[{"role":"assistant","tool_calls":[{"id":"1","function":"f"}]},{"role":"user","content":"x"}]}'),
+    ("/openai/v1/completions", b'{"prompt":"x","max_tokens":"5"}'),
+    ("/v2/models/model/infer", b'{"inputs":[{"name":"i","datatype":"BYTES","shape":[1],"data":["x"]}],"outputs":[1]}'),
+    ("/v1/models/model:predict", b'{"instances":["x"],"parameters":[1]}'),
+]
+# Unknown keys that once broke the response header: answered normally, the header stays bounded.
+ODD_KEYS = [{"a\r\nSet-Cookie: x=1": 1, "\u20ac": 1}, {f"k{i:05d}": 1 for i in range(5000)}]
 
 
 @dataclass
@@ -127,6 +145,38 @@ class Soak:
                     done = True
             return self.record("chat_stream", "completed" if done else "5xx", "stream ended without [DONE]")
 
+    async def slow_reader(self, http: httpx.AsyncClient) -> str:
+        """A client that reads one chunk at a time, slowly: still served to the end."""
+        body = {"model": "model", "prompt": self.rng.choice(MESSAGES), "max_tokens": 24, "stream": True}
+        async with http.stream("POST", f"{self.t.base}/openai/v1/completions", json=body) as r:
+            if r.status_code != 200:
+                await r.aread()
+                return self.record("slow_reader", self.classify(r.status_code), r.text)
+            done = False
+            async for line in r.aiter_lines():
+                if line.startswith("data: {"):
+                    await asyncio.sleep(0.2)
+                done = done or line == "data: [DONE]"
+            return self.record("slow_reader", "completed" if done else "5xx", "stream ended without [DONE]")
+
+    async def slow_client(self, kind: str) -> str:
+        """Slowloris: headers that never end, or a body that never arrives. The server must answer
+        408 and close (its read timeouts), not hold the connection."""
+        host, port = self.t.base.removeprefix("http://").rsplit(":", 1)
+        reader, writer = await asyncio.open_connection(host, int(port))
+        try:
+            if kind == "slowloris":
+                writer.write(b"GET /openai/v1/models HTTP/1.1\r\nHost: x\r\nX-Slow: ")
+            else:
+                writer.write(b"POST /openai/v1/completions HTTP/1.1\r\nHost: x\r\ncontent-type: application/json\r\n"
+                             b"content-length: 1000\r\n\r\n{\"prompt\": ")
+            await writer.drain()
+            answer = await asyncio.wait_for(reader.read(), timeout=self.args.request_timeout)
+        finally:
+            writer.close()
+        status = int(answer.split(b" ", 2)[1]) if answer.startswith(b"HTTP/1.1 ") else 0
+        return self.record(kind, "4xx" if status == 408 else "5xx", f"expected 408, got {answer[:80]!r}")
+
     async def post(self, kind: str, http: httpx.AsyncClient, url: str, body: dict, timeout: float | None = None) -> str:
         try:
             r = await http.post(url, json=body, timeout=timeout or self.args.request_timeout)
@@ -161,9 +211,29 @@ class Soak:
                 body = {"inputs": [{"name": "text", "datatype": "BYTES", "shape": [1], "data": [self.rng.choice(MESSAGES)]}],
                         "parameters": {"max_tokens": 16, "temperature": 0}}
                 return await self.post(kind, http, f"{self.t.base}/v2/models/model/infer", body)
-            elif roll < 0.88 and grpc_stub is not None:
+            elif roll < 0.84 and grpc_stub is not None:
                 kind = "grpc"
                 return await self.grpc_one(grpc_stub)
+            elif roll < 0.87:
+                kind = "hostile"
+                path, raw = self.rng.choice(HOSTILE)
+                r = await http.post(f"{self.t.base}{path}", content=raw, headers={"content-type": "application/json"})
+                if r.status_code < 400:
+                    self.problems.append(f"hostile request accepted: {path} {raw[:80]!r}")
+                return self.record(kind, self.classify(r.status_code), r.text)
+            elif roll < 0.89:
+                kind = "odd_keys"
+                body = {"model": "model", "prompt": "x", "max_tokens": 2, **self.rng.choice(ODD_KEYS)}
+                r = await http.post(f"{self.t.base}/openai/v1/completions", json=body)
+                if len(r.headers.get("x-ignored-params", "")) > 1024:
+                    self.problems.append("x-ignored-params over 1 KB")
+                return self.record(kind, self.classify(r.status_code), r.text)
+            elif roll < 0.91:
+                kind = "slow_reader"
+                return await self.slow_reader(http)
+            elif roll < 0.92:
+                kind = self.rng.choice(["slowloris", "slow_body"])
+                return await self.slow_client(kind)
             else:
                 kind = "malformed"
                 method, path, content, headers = self.rng.choice(MALFORMED)
@@ -172,7 +242,7 @@ class Soak:
                 if outcome == "completed":
                     self.problems.append(f"malformed request accepted: {path} {content[:80]!r}")
                 return self.record(kind, outcome, r.text)
-        except (httpx.HTTPError, OSError) as exc:
+        except (httpx.HTTPError, OSError, asyncio.TimeoutError) as exc:
             return self.record(kind or "unknown", "connection_error", repr(exc))
 
     async def grpc_one(self, stub: object) -> str:
@@ -250,7 +320,8 @@ def main() -> None:
     ap.add_argument("--base-url", help="a running generation server (default: start one on the packaged SmolLM2)")
     ap.add_argument("--grpc", help="its gRPC address host:port")
     ap.add_argument("--embed-base-url", help="a running embeddings server (default: start one on the packaged MiniLM)")
-    ap.add_argument("--server-args", default="--max_waiting 64", help="extra flags for the servers this script starts")
+    ap.add_argument("--server-args", default="--max_waiting 64 --timeout_request_headers 5 --timeout_request_body 5",
+                    help="extra flags for the servers this script starts (short read timeouts keep slow clients moving)")
     ap.add_argument("--out", default="soak-result.json")
     args = ap.parse_args()
 
@@ -294,7 +365,9 @@ def main() -> None:
         "running gauge back to 0": gauge == 0,
         f"resident memory growth < {args.max_rss_growth_mb:.0f} MB": growth < args.max_rss_growth_mb,
         "probe latency back to idle (<= 1.5x + 50 ms)": idle_after <= 1.5 * idle_before + 0.05,
-        "no malformed request accepted": not any(p.startswith("malformed request accepted") for p in soak.problems),
+        "no malformed or hostile request accepted": not any(p.startswith(("malformed request accepted", "hostile request accepted"))
+                                                            for p in soak.problems),
+        "x-ignored-params stays bounded": "x-ignored-params over 1 KB" not in soak.problems,
     }
     summary = {
         "duration_s": round(elapsed, 1), "concurrency": args.concurrency, "sent": sent, "outcomes": dict(soak.outcomes),
