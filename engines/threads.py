@@ -172,8 +172,9 @@ class ThreadTuner:
     throttled pod) every parallel region waits for its slowest thread and one thread is faster.
     Which case holds changes while the server runs, so the tuner measures instead of guessing:
     it serves with one thread count, and every `explore_every` seconds it times the candidates
-    in turn (`window` seconds of decoding each, twice, interleaved), then keeps the fastest, by
-    tokens per second of decoding. A challenger must beat the current choice by `margin`.
+    in turn (`window` seconds of decoding each, twice, interleaved), then keeps the fastest. Steps
+    are compared at equal batch sizes (a step of 8 rows is slower than one of 2 whatever the
+    threads), by their mean time; a challenger must be faster by `margin`.
 
     It runs on the thread that calls the model (torch's thread count is per calling thread).
     """
@@ -187,8 +188,7 @@ class ThreadTuner:
         self.decisions = 0  # how often a probe round ended (for tests and stats)
         self._applied: int | None = None
         self._plan: list[int] = []  # the probe round still to run
-        self._rates: dict[int, list[float]] = {}
-        self._rows = 0
+        self._steps: dict[int, dict[int, list[float]]] = {}  # threads -> batch size -> [seconds, steps]
         self._busy = 0.0
         self._last_probe = -math.inf  # the first window starts a probe: the machine may be busy from the start
 
@@ -205,31 +205,48 @@ class ThreadTuner:
             self._applied = wanted
 
     def after_step(self, rows: int, seconds: float) -> None:
-        """One decoding step of `rows` tokens took `seconds`."""
+        """One decoding step of `rows` rows took `seconds`."""
         if len(self.candidates) == 1:
             return
-        self._rows += rows
+        if self._plan:
+            cell = self._steps.setdefault(self._plan[0], {}).setdefault(rows, [0.0, 0])
+            cell[0] += seconds
+            cell[1] += 1
         self._busy += seconds
         if self._busy < self.window:
             return
-        rate = self._rows / self._busy
-        self._rows, self._busy = 0, 0.0
+        self._busy = 0.0
         if self._plan:
-            self._rates.setdefault(self._plan.pop(0), []).append(rate)
+            self._plan.pop(0)
             if not self._plan:
                 self._decide()
         elif time.monotonic() - self._last_probe >= self.explore_every:
             self._last_probe = time.monotonic()
-            self._rates = {}
+            self._steps = {}
             self._plan = self.candidates * 2  # interleaved, so a change in load touches every candidate alike
 
+    def speedup(self, candidate: int) -> float | None:
+        """How much faster `candidate` decoded than the current count in the last probe round:
+        the step-weighted geometric mean of the time ratios at the batch sizes both saw."""
+        ours, theirs = self._steps.get(self.current, {}), self._steps.get(candidate, {})
+        total = weight = 0.0
+        for rows in ours.keys() & theirs.keys():
+            (t_ours, n_ours), (t_theirs, n_theirs) = ours[rows], theirs[rows]
+            w = min(n_ours, n_theirs)
+            total += w * math.log((t_ours / n_ours) / (t_theirs / n_theirs))
+            weight += w
+        return math.exp(total / weight) if weight else None
+
     def _decide(self) -> None:
-        mean = {n: sum(r) / len(r) for n, r in self._rates.items()}
-        best = max(mean, key=mean.__getitem__)
-        rates = ", ".join(f"{n} thread(s) {mean[n]:.0f}" for n in sorted(mean, reverse=True))
-        if best != self.current and mean[best] > mean.get(self.current, 0.0) * (1 + self.margin):
-            log.info("Decoding with %d thread(s) now, not %d (tokens/s measured: %s)", best, self.current, rates)
+        self.decisions += 1
+        speedups = {n: self.speedup(n) for n in self.candidates if n != self.current}
+        measured = {n: v for n, v in speedups.items() if v is not None}
+        if not measured:
+            return
+        best = max(measured, key=measured.__getitem__)
+        summary = ", ".join(f"{n} thread(s) x{v:.2f}" for n, v in sorted(measured.items(), reverse=True))
+        if measured[best] > 1 + self.margin:
+            log.info("Decoding with %d thread(s) now, not %d (speed against %d: %s)", best, self.current, self.current, summary)
             self.current = best
         else:
-            log.debug("Decoding stays at %d thread(s) (tokens/s measured: %s)", self.current, rates)
-        self.decisions += 1
+            log.debug("Decoding stays at %d thread(s) (speed against it: %s)", self.current, summary)

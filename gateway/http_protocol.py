@@ -74,8 +74,12 @@ class _Guarded(HttpToolsProtocol):
 
     def _headers_timed_out(self) -> None:
         self._header_timer = None
-        if not self.transport.is_closing():
-            self._refuse(408, f"The request headers did not arrive within {self.limits.header_timeout:g} s.")
+        if self.transport.is_closing():
+            return
+        if self.cycle is not None and not self.cycle.response_complete:
+            self._arm_header_timer()  # a pipelined request waits for the response before it: its clock starts after
+            return
+        self._refuse(408, f"The request headers did not arrive within {self.limits.header_timeout:g} s.")
 
     def _body_timed_out(self) -> None:
         self._body_timer = None

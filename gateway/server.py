@@ -403,10 +403,8 @@ def main(argv: Sequence[str] | None = None) -> None:
 
 
 def serve(settings: Settings, threads: ThreadPlan) -> None:
-    """Check the flags, take the ports, load the engine, serve until a signal, exit."""
-    problems = settings.problems()
-    if problems:
-        _fail(f"hf-gateway: error: {problems[0]} Run `hf-gateway --help` for the list of flags.", 2)
+    """Take the ports, load the engine, serve until a signal, exit (the flags were checked by the
+    command line: `Settings.problems`)."""
     apply_process_env()
     configure_logging(settings.log_level)
     apply_torch(threads)

@@ -70,15 +70,22 @@ def test_plans_and_what_the_operator_set_wins():
 
 
 class Machine:
-    """Decoding speed per thread count, as a CPU in a given state would give it."""
+    """Step times per thread count, as a CPU in a given state would give them: a step of `rows`
+    rows takes rows / rate seconds. The batch size changes from step to step, as it does under a
+    real load, so only a comparison at equal batch sizes is fair."""
 
     def __init__(self, rates: dict[int, float]) -> None:
         self.rates = rates
 
-    def run(self, tuner: ThreadTuner, seconds: float, step: float = 0.05) -> None:
-        for _ in range(int(seconds / step)):
+    def run(self, tuner: ThreadTuner, seconds: float) -> None:
+        elapsed, k = 0.0, 0
+        while elapsed < seconds:
+            rows = (1, 8, 3, 8, 8, 5)[k % 6]
+            k += 1
             tuner.before_step()
-            tuner.after_step(round(self.rates[tuner.threads] * step), step)
+            step = rows / self.rates[tuner.threads]
+            tuner.after_step(rows, step)
+            elapsed += step
 
 
 @pytest.fixture
@@ -109,6 +116,24 @@ def test_the_tuner_follows_the_faster_thread_count(restore_torch_threads, monkey
     clock[0] = 93.0
     Machine({2: 100, 1: 105}).run(tuner, 10)  # within the margin: no switch
     assert tuner.current == 2
+
+
+def test_batch_sizes_that_differ_between_windows_do_not_fool_the_tuner(restore_torch_threads):
+    """While 2 threads are timed the batch happens to be big, while 1 thread is timed it is small:
+    rows per second favour 2 threads (75 against 55), but at the size both saw (4 rows) 1 thread
+    takes 0.042 s a step against 0.058 s, so 1 thread wins."""
+    tuner = ThreadTuner(2, window=1.0, explore_every=30.0)
+    sizes = {2: (8, 8, 8, 4), 1: (1, 1, 1, 4)}
+    per_row = {2: 0.012, 1: 0.008}
+    k = 0
+    while tuner.decisions == 0 and k < 100_000:
+        tuner.before_step()
+        n = tuner.threads
+        rows = sizes[n][k % 4]
+        k += 1
+        tuner.after_step(rows, 0.01 + rows * per_row[n])
+    assert tuner.decisions == 1 and tuner.current == 1
+    assert tuner.speedup(2) is None or tuner.speedup(2) < 1  # measured against the new choice
 
 
 def test_one_cpu_means_one_thread_and_no_probing():
