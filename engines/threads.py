@@ -145,8 +145,9 @@ def apply_environment(plan: ThreadPlan, environ: dict[str, str] | os._Environ = 
     What the operator set already stays."""
     if plan.intra_op is None:
         return
-    for name in ("OMP_NUM_THREADS", "MKL_NUM_THREADS"):
-        environ.setdefault(name, str(plan.intra_op))
+    # Not MKL_NUM_THREADS: torch sets MKL's threads itself (apply_torch), and vLLM's CPU worker,
+    # which binds its own OpenMP threads to cores, decoded ~10x slower with it set (measured).
+    environ.setdefault("OMP_NUM_THREADS", str(plan.intra_op))
     environ.setdefault("RAYON_NUM_THREADS", str(plan.tokenizers))
     if "OMP_WAIT_POLICY" not in environ:
         environ.setdefault("GOMP_SPINCOUNT", SPIN_COUNT)
