@@ -311,7 +311,7 @@ async def test_a_grammar_failing_mid_generation_ends_only_its_own_request(tiny_e
 
 @pytest.mark.skipif(TEST_ENGINE != "transformers", reason="the transformers engine's scoring prefill (vLLM scores in its own chunks)")
 async def test_prompt_scoring_works_in_chunks_and_matches_a_full_forward_pass(tiny_engine, tiny_dir):
-    """A 300-token prompt is scored in chunks of SCORING_CHUNK positions (full-vocabulary logits
+    """A prompt of over two chunks is scored in chunks of SCORING_CHUNK positions (full-vocabulary logits
     never exist for more than one chunk at a time), with the same numbers as one plain forward."""
     import torch
 
@@ -327,7 +327,7 @@ async def test_prompt_scoring_works_in_chunks_and_matches_a_full_forward_pass(ti
         widest.append(logits.shape[0] * logits.shape[1])
         return logits
 
-    text = " ".join(f"word{i}" for i in range(120))
+    text = " ".join(f"word{i}" for i in range(300))
     ids = tiny_engine.tokenizer.encode(text)
     assert len(ids) > 2 * SCORING_CHUNK
     scheduler._forward = spy
