@@ -3,6 +3,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
 import socket
@@ -153,7 +154,9 @@ def logfmt(line: str) -> list[tuple[str, str]]:
 # -- D15, D16: gRPC ---------------------------------------------------------------------------------
 
 
-async def grpc_call(app, method: str, payload: bytes, metadata=()):
+@contextlib.asynccontextmanager
+async def grpc_channel(app):
+    """A channel to the app's real gRPC server on a free port, stopped afterwards."""
     from gateway.server import build_grpc_server
 
     server = build_grpc_server(app)
@@ -162,10 +165,15 @@ async def grpc_call(app, method: str, payload: bytes, metadata=()):
     await server.start()
     try:
         async with grpc.aio.insecure_channel(f"127.0.0.1:{port}") as channel:
-            call = channel.unary_unary(method, request_serializer=lambda b: b, response_deserializer=lambda b: b)
-            return await call(payload, metadata=metadata, timeout=60)
+            yield channel
     finally:
         await server.stop(0)
+
+
+async def grpc_call(app, method: str, payload: bytes, metadata=()):
+    async with grpc_channel(app) as channel:
+        call = channel.unary_unary(method, request_serializer=lambda b: b, response_deserializer=lambda b: b)
+        return await call(payload, metadata=metadata, timeout=60)
 
 
 @pytest.mark.parametrize("payload", [b"\xff\xff\xff\xff\x0f\x01", b"\x0a\x05ab"])
@@ -180,20 +188,11 @@ async def test_malformed_protobuf_is_invalid_argument(tiny_engine, payload, keys
 async def test_reflection_needs_the_key_unless_opened(tiny_engine):
     from grpc_reflection.v1alpha import reflection_pb2, reflection_pb2_grpc
 
-    from gateway.server import build_grpc_server
-
     async def list_services(app, metadata=()):
-        server = build_grpc_server(app)
-        port = free_port()
-        server.add_insecure_port(f"127.0.0.1:{port}")
-        await server.start()
-        try:
-            async with grpc.aio.insecure_channel(f"127.0.0.1:{port}") as channel:
-                stub = reflection_pb2_grpc.ServerReflectionStub(channel)
-                call = stub.ServerReflectionInfo(iter([reflection_pb2.ServerReflectionRequest(list_services="")]), metadata=metadata)
-                return [s.name async for r in call for s in r.list_services_response.service]
-        finally:
-            await server.stop(0)
+        async with grpc_channel(app) as channel:
+            stub = reflection_pb2_grpc.ServerReflectionStub(channel)
+            call = stub.ServerReflectionInfo(iter([reflection_pb2.ServerReflectionRequest(list_services="")]), metadata=metadata)
+            return [s.name async for r in call for s in r.list_services_response.service]
 
     with pytest.raises(grpc.aio.AioRpcError) as err:
         await list_services(make_app(tiny_engine, api_key=("k",)))
