@@ -17,7 +17,7 @@ VLLM_TESTS := tests/test_openai_chat.py tests/test_openai_completions.py tests/t
 	tests/test_vllm_engine.py tests/test_operations.py tests/test_kserve_rest.py::test_generation_over_v1_and_v2_equals_openai \
 	tests/test_kserve_rest.py::test_embeddings_match_the_openai_face \
 	tests/test_kserve_grpc.py::test_embeddings_and_generation_over_grpc tests/test_hostile_input.py tests/test_lifecycle.py \
-	tests/test_fuzz_bodies.py
+	tests/test_fuzz_bodies.py tests/test_guarantees.py
 
 .PHONY: install vllm-env browser serve serve-vllm test test-transformers test-vllm bench clean
 

@@ -32,7 +32,10 @@ class ChoiceState:
         *,
         eos_token_ids: Collection[int],
         budget: int,
+        text_context: Sequence[int] | None = None,
     ) -> None:
+        """`text_context`: the ids the output's text follows when decoding (default the prompt;
+        an encoder-decoder's output follows nothing)."""
         self.params = params
         self.budget = budget
         self.prompt_tokens = len(prompt_ids)
@@ -42,7 +45,7 @@ class ChoiceState:
         self._eos = frozenset(() if params.ignore_eos else eos_token_ids)
         self._text = ChoiceText(
             tokenizer,
-            prompt_ids,
+            prompt_ids if text_context is None else text_context,
             stop=params.stop,
             include_stop_str_in_output=params.include_stop_str_in_output,
             skip_special_tokens=params.skip_special_tokens,

@@ -12,6 +12,7 @@ class ErrorCode(str, enum.Enum):
     CONTEXT_LENGTH_EXCEEDED = "context_length_exceeded"
     OVERLOADED = "overloaded"
     UNAVAILABLE = "unavailable"
+    DEADLINE_EXCEEDED = "deadline_exceeded"
     INTERNAL = "internal"
 
 
@@ -31,3 +32,8 @@ class EngineError(Exception):
 
     def __repr__(self) -> str:
         return f"EngineError({self.code.value}, {self.message!r}, param={self.param!r})"
+
+
+def deadline_exceeded() -> EngineError:
+    """The request's deadline passed (before it started or while it ran): 504 / DEADLINE_EXCEEDED."""
+    return EngineError(ErrorCode.DEADLINE_EXCEEDED, "The request deadline was exceeded.")

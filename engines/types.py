@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import time
 from dataclasses import dataclass, field
-from typing import Literal
+from typing import Any, Literal
 
 from engines.tasks import Task
 
@@ -122,6 +122,9 @@ class FillMaskResult:
 class RequestContext:
     request_id: str
     deadline: float | None = None  # time.monotonic() value after which the request is aborted
+    # The slots this part's request reserved (`engines.frontend.Admission`); None: the part is a
+    # request of its own and is admitted when it starts.
+    admission: Any = field(default=None, compare=False, repr=False)
 
     def expired(self) -> bool:
         return self.deadline is not None and time.monotonic() > self.deadline

@@ -19,7 +19,8 @@ def context_length_message(max_model_len: int, prompt_tokens: int, max_tokens: i
 
 
 def validate_generation(
-    prompt_ids: Sequence[int], params: GenerationParams, *, vocab_size: int, max_model_len: int, adapters: Collection[str] = ()
+    prompt_ids: Sequence[int], params: GenerationParams, *, vocab_size: int, max_model_len: int, adapters: Collection[str] = (),
+    output_in_context: bool = True,
 ) -> None:
     """Checks every engine makes before it takes a generation request: each failure is a 4xx."""
     if params.adapter is not None and params.adapter not in adapters:
@@ -51,6 +52,13 @@ def validate_generation(
             param="stop_token_ids",
         )
     limit = max_model_len
+    if not output_in_context:  # an encoder-decoder: the limit is the encoder's input
+        if len(prompt_ids) > limit:
+            raise EngineError(
+                ErrorCode.CONTEXT_LENGTH_EXCEEDED,
+                f"This model's maximum input length is {limit} tokens; your input has {len(prompt_ids)}.", param="prompt",
+            )
+        return
     if len(prompt_ids) + params.max_tokens > limit:
         raise EngineError(
             ErrorCode.CONTEXT_LENGTH_EXCEEDED,

@@ -108,6 +108,7 @@ class AccessInterceptor(grpc.aio.ServerInterceptor):
                     response = await inner(request, context)
                 except asyncio.CancelledError:
                     if not lifecycle.was_stopped(task):
+                        record.client_left = True  # the client cancelled or its deadline passed
                         raise
                     asyncio.current_task().uncancel()  # type: ignore[union-attr]
                     record.error = "shutdown"

@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import logging
 import math
 import uuid
 from dataclasses import dataclass
@@ -25,6 +26,8 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 from gateway.auth import ApiKeys
 from gateway.lifecycle import SHUTDOWN_MESSAGE, Lifecycle
 from gateway.observability import Metrics, RequestRecord, current_request, finish_record, safe_request_id
+
+log = logging.getLogger("gateway")
 
 REQUEST_ID_HEADER = b"x-request-id"
 TIMEOUT_HEADER = b"x-request-timeout"
@@ -173,6 +176,14 @@ class GatewayMiddleware:
             task = lifecycle.enter() if work else None
             try:
                 await self.app(scope, app_receive, send_with_id)
+            except Exception:
+                if record.status:  # the response had begun: the connection is all that can end
+                    raise
+                # Unexpected: logged with its traceback, answered in the face's envelope with the
+                # request id, and counted and logged with its real status.
+                log.exception("unhandled error on %s %s (request %s)", scope["method"], path, rid)
+                record.error = "internal"
+                await refuse(500, "The server had an error while processing your request.", "internal_error")
             except asyncio.CancelledError:
                 if not lifecycle.was_stopped(task):
                     raise

@@ -21,11 +21,13 @@ from typing import Any
 from prometheus_client import CollectorRegistry, Counter, Histogram
 from prometheus_client.core import GaugeMetricFamily
 
-from engines import Engine, EngineError
+from engines import Engine, EngineError, ErrorCode
+from engines.frontend import Admission, RequestLimits
 from engines.types import GenerationDelta, GenerationParams, RequestContext
 
 access_log = logging.getLogger("gateway.access")
 
+_ENGINE_CODES = frozenset(code.value for code in ErrorCode)
 _LATENCY = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0, 120.0)
 _TOKEN_LATENCY = (0.001, 0.005, 0.01, 0.02, 0.04, 0.06, 0.08, 0.1, 0.15, 0.2, 0.3, 0.5, 1.0, 2.5)
 
@@ -46,6 +48,18 @@ class RequestRecord:
     engine_started: float | None = None
     engine_finished: float | None = None
     error: str | None = None
+    finish_reasons: set[str] = field(default_factory=set)  # how its generations ended
+    aborted: bool = False  # a generation was stopped before its end (client gone, cancel, sibling failed)
+    client_left: bool = False  # the client went away before the response ended
+
+    @property
+    def outcome(self) -> str | None:
+        """How the request ended, for the access line: `aborted`, `error`, or its finish reasons."""
+        if self.aborted or self.client_left:
+            return "aborted"
+        if self.error:
+            return "error"
+        return ",".join(sorted(self.finish_reasons)) or None
 
 
 current_request: contextvars.ContextVar[RequestRecord | None] = contextvars.ContextVar("current_request", default=None)
@@ -92,8 +106,9 @@ class Metrics:
         self.prompt_tokens = Counter("gateway_prompt_tokens", "Prompt tokens processed", labels, registry=r)
         self.generation_tokens = Counter("gateway_generation_tokens", "Tokens generated", labels, registry=r)
         self.requests = Counter("gateway_requests", "Requests answered, by face and status", ["model_name", "face", "status"], registry=r)
-        self.aborted = Counter("gateway_requests_aborted", "Generations stopped before their end (disconnect, cancel, deadline)", labels, registry=r)
-        self.errors = Counter("gateway_request_errors", "Engine errors by code", ["model_name", "code"], registry=r)
+        self.aborted = Counter("gateway_requests_aborted", "Requests whose generation was stopped before its end (client gone, cancelled)", labels, registry=r)
+        self.aborted_parts = Counter("gateway_generations_aborted", "Generations (parts of requests: choices, prompts, instances) stopped before their end", labels, registry=r)
+        self.errors = Counter("gateway_request_errors", "Requests that ended with an engine error, by code", ["model_name", "code"], registry=r)
 
     def labels(self) -> dict[str, str]:
         return {"model_name": self.model_name}
@@ -131,11 +146,13 @@ class _EngineCollector:
 
 
 class ObservedEngine:
-    """The real engine plus metrics, the request record and the request deadline."""
+    """The real engine plus metrics, the request record, the request deadline and the operator's
+    request limits (`admit` applies them, so every face gets the same ones)."""
 
-    def __init__(self, engine: Engine, metrics: Metrics) -> None:
+    def __init__(self, engine: Engine, metrics: Metrics, limits: RequestLimits = RequestLimits()) -> None:
         self._engine = engine
         self._metrics = metrics
+        self.limits = limits
 
     # -- pass-through -------------------------------------------------------------------------
 
@@ -166,6 +183,17 @@ class ObservedEngine:
     def stats(self) -> dict[str, int]:
         return self._engine.stats()
 
+    async def admit(self, prompts: Sequence[Sequence[int]], params: GenerationParams, choices: int = 1, *,
+                    prompt_param: str = "prompt") -> Admission:
+        """A whole generation request through the engine's admission, under this server's limits."""
+        record = current_request.get()
+        deadline = record.deadline if record is not None else None
+        try:
+            return await self._engine.admit(prompts, params, choices, limits=self.limits, prompt_param=prompt_param, deadline=deadline)
+        except EngineError as exc:
+            self._error(exc, record)
+            raise
+
     # -- measured -----------------------------------------------------------------------------
 
     def _context(self, ctx: RequestContext) -> tuple[RequestContext, RequestRecord | None]:
@@ -179,9 +207,11 @@ class ObservedEngine:
         return ctx, record
 
     def _error(self, exc: EngineError, record: RequestRecord | None) -> None:
-        self._metrics.errors.labels(model_name=self._metrics.model_name, code=exc.code.value).inc()
+        """A request's error is counted once, when it ends (`finish_record`); outside a request, now."""
         if record is not None:
-            record.error = exc.code.value
+            record.error = record.error or exc.code.value
+        else:
+            self._metrics.errors.labels(model_name=self._metrics.model_name, code=exc.code.value).inc()
 
     async def generate(self, prompt: str | Sequence[int], params: GenerationParams, ctx: RequestContext) -> AsyncIterator[GenerationDelta]:
         m, labels = self._metrics, self._metrics.labels()
@@ -189,10 +219,12 @@ class ObservedEngine:
         start = time.monotonic()
         first = last = None
         finished = False
+        prompt_tokens = completion_tokens = 0  # what this part has really cost so far
         stream = self._engine.generate(prompt, params, ctx)
         try:
             async for delta in stream:
                 now = time.monotonic()
+                prompt_tokens, completion_tokens = delta.prompt_tokens, delta.completion_tokens
                 if delta.token_ids:
                     if first is None:
                         first = now
@@ -204,13 +236,10 @@ class ObservedEngine:
                     last = now
                 if delta.finish_reason is not None:
                     finished = True
-                    m.prompt_tokens.labels(**labels).inc(delta.prompt_tokens)
-                    m.generation_tokens.labels(**labels).inc(delta.completion_tokens)
                     if first is not None and last is not None and delta.completion_tokens > 1:
                         m.tpot.labels(**labels).observe((last - first) / (delta.completion_tokens - 1))
                     if record is not None:
-                        record.prompt_tokens += delta.prompt_tokens
-                        record.completion_tokens += delta.completion_tokens
+                        record.finish_reasons.add(delta.finish_reason)
                 yield delta
         except EngineError as exc:
             finished = True
@@ -220,10 +249,19 @@ class ObservedEngine:
             await stream.aclose()  # type: ignore[attr-defined]
             end = time.monotonic()
             m.predict.labels(**labels).observe(end - start)
+            # Tokens count when they were produced, whether the part finished, failed or was stopped.
+            m.prompt_tokens.labels(**labels).inc(prompt_tokens)
+            m.generation_tokens.labels(**labels).inc(completion_tokens)
             if record is not None:
                 record.engine_finished = end
+                record.prompt_tokens += prompt_tokens
+                record.completion_tokens += completion_tokens
             if not finished:
-                m.aborted.labels(**labels).inc()
+                m.aborted_parts.labels(**labels).inc()
+                if record is not None:
+                    record.aborted = True
+                else:
+                    m.aborted.labels(**labels).inc()
 
     async def _pooled(self, method: str, inputs: Sequence[Sequence[int]], ctx: RequestContext) -> Any:
         m, labels = self._metrics, self._metrics.labels()
@@ -263,7 +301,13 @@ def finish_record(record: RequestRecord, metrics: Metrics, *, face: str, log_for
     end = time.monotonic()
     if record.engine_finished is not None:
         metrics.postprocess.labels(**metrics.labels()).observe(max(0.0, end - record.engine_finished))
+    if record.client_left:  # nginx's "client closed request", also when the response had begun
+        record.status = "CANCELLED" if isinstance(record.status, str) or record.route.startswith("grpc ") else 499
     metrics.requests.labels(model_name=metrics.model_name, face=face, status=str(record.status)).inc()
+    if record.outcome == "aborted":
+        metrics.aborted.labels(**metrics.labels()).inc()
+    if record.error and record.error in _ENGINE_CODES:
+        metrics.errors.labels(model_name=metrics.model_name, code=record.error).inc()
     if log_format is None or not access_log.isEnabledFor(logging.INFO):
         return
     fields = {
@@ -276,6 +320,8 @@ def finish_record(record: RequestRecord, metrics: Metrics, *, face: str, log_for
         "ttft_ms": None if record.ttft is None else round(record.ttft * 1000, 1),
         "total_ms": round((end - record.started) * 1000, 1),
     }
+    if record.outcome is not None:  # a request that generated: finish reasons, `aborted` or `error`
+        fields["outcome"] = record.outcome
     if record.error:
         fields["error"] = record.error
     if log_format == "json":

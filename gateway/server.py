@@ -20,15 +20,16 @@ from compat.kserve.tasks import KServeOptions
 from compat.kserve.v1 import build_v1_router
 from compat.kserve.v2_rest import build_v2_router
 from engines import Engine, EngineError
+from engines.frontend import EngineFrontend, RequestLimits
 from engines.template_pool import TemplateLimits
 from engines.threads import ThreadPlan, apply_torch
 from engines.loader import LoadedModel, ModelNotFoundError, ModelSpec, load_model
 from gateway.auth import ApiKeys
-from gateway.disconnect import ClientDisconnected
+from gateway.disconnect import ClientDisconnected, cancel_on_disconnect
 from gateway.http_protocol import ConnectionLimits
 from gateway.lifecycle import Lifecycle
 from gateway.middleware import GatewayMiddleware, HttpPolicy
-from gateway.observability import Metrics, ObservedEngine
+from gateway.observability import Metrics, ObservedEngine, current_request
 from gateway.playground import build_playground_router, playground_redirect, wants_html
 from gateway.openai.errors import OpenAIError, from_exception, from_validation_errors
 from gateway.openai.protocol import SamplingDefaults
@@ -170,7 +171,18 @@ def build_predictor_engine(settings: Settings) -> Engine:
         health_check=settings.enable_predictor_health_check,
     )
     log.info("Engine: transformer mode, predictor %s over %s", config.host, config.protocol)
-    return PredictorEngine(loaded, served_name=settings.model_name, predictor=config)
+    return EngineFrontend(PredictorEngine(loaded, served_name=settings.model_name, predictor=config))
+
+
+def request_limits(settings: Settings) -> RequestLimits:
+    """The operator's bounds on one generation request, applied on every face."""
+    return RequestLimits(
+        max_parts=settings.max_request_parts,
+        max_prompt_tokens=settings.max_prompt_tokens,
+        max_total_tokens=settings.max_total_tokens,
+        max_scored_prompt_tokens=settings.max_scored_prompt_tokens,
+        max_stop_length=settings.max_stop_length,
+    )
 
 
 def openai_config(settings: Settings) -> OpenAIConfig:
@@ -186,10 +198,6 @@ def openai_config(settings: Settings) -> OpenAIConfig:
         ping_interval=settings.stream_ping_interval,
         log_requests=settings.log_prompts and not settings.disable_log_requests,
         max_log_len=settings.max_log_len,
-        max_prompt_tokens=settings.max_prompt_tokens,
-        max_stop_length=settings.max_stop_length,
-        max_total_tokens=settings.max_total_tokens,
-        max_scored_prompt_tokens=settings.max_scored_prompt_tokens,
         max_n=settings.max_n,
         max_logprobs=settings.max_logprobs,
         trust_request_chat_template=settings.trust_request_chat_template,
@@ -214,13 +222,13 @@ def install_error_handlers(app: FastAPI) -> None:
 
     @app.exception_handler(KServeError)
     async def _kserve_error(request: Request, exc: KServeError) -> Response:
-        return JSONResponse(exc.body(), status_code=exc.status)
+        return JSONResponse(exc.body(), status_code=exc.status, headers=exc.headers)
 
     @app.exception_handler(EngineError)
     async def _engine_error(request: Request, exc: EngineError) -> Response:
         if not _is_openai(request):
             mapped = KServeError.from_engine(exc)
-            return JSONResponse(mapped.body(), status_code=mapped.status)
+            return JSONResponse(mapped.body(), status_code=mapped.status, headers=mapped.headers)
         return _openai_response(from_exception(exc))
 
     @app.exception_handler(RequestValidationError)
@@ -237,20 +245,16 @@ def install_error_handlers(app: FastAPI) -> None:
 
     @app.exception_handler(ClientDisconnected)
     async def _disconnected(request: Request, exc: ClientDisconnected) -> Response:
+        record = current_request.get()
+        if record is not None:
+            record.client_left = True
         return Response(status_code=499)  # nginx's "client closed request"; nobody reads it
-
-    @app.exception_handler(Exception)
-    async def _unexpected(request: Request, exc: Exception) -> Response:
-        log.exception("unhandled error on %s", request.url.path)
-        if not _is_openai(request):
-            return JSONResponse({"error": "Internal server error."}, status_code=500)
-        return _openai_response(from_exception(exc))
 
 
 def create_app(settings: Settings, engine: Engine) -> FastAPI:
     metrics = Metrics(settings.model_name)
     metrics.watch_engine(engine)
-    engine = ObservedEngine(engine, metrics)  # every face below is measured the same way
+    engine = ObservedEngine(engine, metrics, request_limits(settings))  # every face below is measured and limited the same way
     keys = read_api_keys(settings)
     plane = DataPlane(
         engine,
@@ -316,8 +320,8 @@ def create_app(settings: Settings, engine: Engine) -> FastAPI:
     tokenizer_router = build_tokenizer_router(TokenizeService(chat))
     app.include_router(tokenizer_router, prefix=OPENAI_PREFIX)
     app.include_router(tokenizer_router)
-    app.include_router(build_v1_router(plane))
-    app.include_router(build_v2_router(plane))
+    app.include_router(build_v1_router(plane, guard=cancel_on_disconnect))
+    app.include_router(build_v2_router(plane, guard=cancel_on_disconnect))
 
     if not settings.disable_playground:
         app.include_router(build_playground_router())

@@ -109,10 +109,11 @@ class Settings:
     api_key_file: str | None = field(default=None, **_flag("A file with one API key per line (Kubernetes secrets mount well here)."))
     auth_health_and_metrics: bool = field(default=False, **_flag("Also require the key on /, /health, /ready, /metrics and the v2 health routes (open by default for probes and scrapers)."))
     max_request_body_bytes: int = field(default=16 << 20, **_flag("Largest request body accepted; larger is a 413."))
-    max_prompt_tokens: int | None = field(default=None, **_flag("Largest prompt in tokens (default: only the context length limits it)."))
+    max_request_parts: int = field(default=64, **_flag("Most generation parts one request may have, on every face: prompts x choices (OpenAI n, best_of, prompt lists), KServe v1 instances, v2 batch rows, gRPC elements. A request is admitted whole or refused (429) with nothing started."))
+    max_prompt_tokens: int | None = field(default=None, **_flag("Largest prompt in tokens, on every face (default: only the context length limits it)."))
     max_stop_length: int = field(default=256, **_flag("Longest stop string, in characters."))
     max_scored_prompt_tokens: int = field(default=8192, **_flag("Most prompt tokens one request may have scored (completions `echo` with `logprobs`), over all its prompts and choices."))
-    max_total_tokens: int | None = field(default=None, **_flag("Most tokens one request may ask to generate over all its choices (n x max_tokens; best_of counts). Default: no limit beyond --max_n."))
+    max_total_tokens: int | None = field(default=None, **_flag("Most tokens one request may ask to generate over all its choices (n x max_tokens; best_of counts). On every face. Default: no limit beyond --max_n and --max_request_parts."))
     request_timeout: float | None = field(default=None, **_flag("Default deadline of a request in seconds; generation is aborted when it passes. Clients may send x-request-timeout."))
     cors_allowed_origins: tuple[str, ...] = field(default=(), **_flag("Origins allowed to call the API from a browser (repeatable; * for any). Default: no CORS headers.", repeat=True, metavar="ORIGIN"))
     log_format: str = field(default="plain", **_flag("Format of the one-line-per-request access log.", choices=("plain", "json")))
@@ -145,7 +146,7 @@ class Settings:
     def problems(self) -> list[str]:
         """Values no server can run with, each as a sentence naming its flag (exit status 2)."""
         out: list[str] = []
-        positive = ("max_num_seqs", "max_n", "max_logprobs", "max_stop_length", "max_request_body_bytes", "max_request_header_bytes",
+        positive = ("max_num_seqs", "max_n", "max_request_parts", "max_logprobs", "max_stop_length", "max_request_body_bytes", "max_request_header_bytes",
                     "encoder_max_batch", "grpc_max_send_message_length", "grpc_max_receive_message_length", "chat_template_memory_mb",
                     "max_scored_prompt_tokens")
         for name in positive:

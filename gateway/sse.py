@@ -92,6 +92,10 @@ class SSEResponse(Response):
         tasks = [t for t in (pump, watcher, stop) if t is not None]
         try:
             done, _ = await asyncio.wait(tasks, return_when=asyncio.FIRST_COMPLETED)
+            if watcher in done and not pump.done():  # the client left mid-stream
+                record = current_request.get()
+                if record is not None:
+                    record.client_left = True
             if stop in done and not pump.done():
                 record = current_request.get()
                 if record is not None:

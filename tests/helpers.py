@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
 import re
 from typing import Any
@@ -71,3 +72,22 @@ def eventually_sync(condition, what: str, limit: float = 300.0, interval: float 
         if time.monotonic() > deadline:
             raise AssertionError(f"gave up waiting for {what}")
         time.sleep(interval)
+
+
+@contextlib.asynccontextmanager
+async def grpc_channel(app):
+    """A channel to the app's real gRPC server (keys, records, metrics) on a free port, stopped afterwards."""
+    import grpc
+
+    from gateway.server import build_grpc_server
+    from tests.conftest import free_port
+
+    server = build_grpc_server(app)
+    port = free_port()
+    server.add_insecure_port(f"127.0.0.1:{port}")
+    await server.start()
+    try:
+        async with grpc.aio.insecure_channel(f"127.0.0.1:{port}") as channel:
+            yield channel
+    finally:
+        await server.stop(0)

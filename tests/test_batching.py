@@ -7,6 +7,7 @@ import uuid
 import pytest
 
 from engines import EngineError, ErrorCode, GenerationParams, RequestContext
+from engines.frontend import EngineFrontend
 from engines.hf import HFEngine
 from engines.hf.scheduler import SchedulerLimits
 from engines.loader import ModelSpec
@@ -73,10 +74,10 @@ async def test_aborted_row_leaves_and_neighbours_finish_unchanged(tiny_engine):
 @pytest.fixture(scope="module")
 def small_engine(tiny_dir):
     """A second engine over the same weights with tiny limits, to exercise admission and preemption."""
-    engine = HFEngine.load(
+    engine = EngineFrontend(HFEngine.load(
         ModelSpec(model_dir=str(tiny_dir)), served_name="small",
         limits=SchedulerLimits(max_num_seqs=2, max_waiting=2, kv_cache_tokens=200),
-    )
+    ))
     asyncio.run(engine.start())
     yield engine
     asyncio.run(engine.stop())
@@ -120,8 +121,8 @@ async def test_full_queue_is_refused_then_recovers(small_engine):
 async def test_no_queue_still_serves_free_slots(tiny_dir):
     """--max_waiting 0 means no queue, not no service: a request that finds a free slot runs,
     the one beyond the batch is refused."""
-    engine = HFEngine.load(ModelSpec(model_dir=str(tiny_dir)), served_name="noqueue",
-                           limits=SchedulerLimits(max_num_seqs=1, max_waiting=0))
+    engine = EngineFrontend(HFEngine.load(ModelSpec(model_dir=str(tiny_dir)), served_name="noqueue",
+                                          limits=SchedulerLimits(max_num_seqs=1, max_waiting=0)))
     await engine.start()
     try:
         assert engine.stats()["saturated"] == 0

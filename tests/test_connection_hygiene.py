@@ -3,7 +3,6 @@
 
 from __future__ import annotations
 
-import contextlib
 import json
 import logging
 import socket
@@ -16,6 +15,7 @@ import pytest
 
 from gateway.http_protocol import ConnectionLimits, guarded_protocol
 from tests.conftest import free_port, make_app
+from tests.helpers import grpc_channel
 
 LIMITS = ConnectionLimits(header_timeout=1.0, body_timeout=1.0, max_header_bytes=8 << 10)
 
@@ -152,22 +152,6 @@ def logfmt(line: str) -> list[tuple[str, str]]:
 
 
 # -- D15, D16: gRPC ---------------------------------------------------------------------------------
-
-
-@contextlib.asynccontextmanager
-async def grpc_channel(app):
-    """A channel to the app's real gRPC server on a free port, stopped afterwards."""
-    from gateway.server import build_grpc_server
-
-    server = build_grpc_server(app)
-    port = free_port()
-    server.add_insecure_port(f"127.0.0.1:{port}")
-    await server.start()
-    try:
-        async with grpc.aio.insecure_channel(f"127.0.0.1:{port}") as channel:
-            yield channel
-    finally:
-        await server.stop(0)
 
 
 async def grpc_call(app, method: str, payload: bytes, metadata=()):

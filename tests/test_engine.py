@@ -125,7 +125,7 @@ async def test_deadline_aborts_with_an_error(tiny_engine):
     with pytest.raises(EngineError) as exc:
         async for d in tiny_engine.generate(PROMPT, GenerationParams(max_tokens=4000, ignore_eos=True), c):
             got.append(d)
-    assert exc.value.code is ErrorCode.UNAVAILABLE and "deadline" in exc.value.message
+    assert exc.value.code is ErrorCode.DEADLINE_EXCEEDED and "deadline" in exc.value.message
     # Some tokens, or none if the deadline passed before it was admitted: never the whole answer.
     assert len(got) < 4000
     await eventually(lambda: tiny_engine.stats()["running"] == 0, "the engine to be idle")

@@ -218,7 +218,7 @@ async def test_a_deadline_aborts_generation(tiny_engine):
     async with client_for(make_app(tiny_engine)) as http:
         body = {"model": "tiny", "prompt": "Once", "max_tokens": 3000, "ignore_eos": True, "temperature": 0}
         r = await http.post("/openai/v1/completions", json=body, headers={"x-request-timeout": "0.3"})
-        assert r.status_code == 503 and "deadline" in r.json()["error"]["message"]
+        assert r.status_code == 504 and r.json()["error"]["code"] == "deadline_exceeded" and "deadline" in r.json()["error"]["message"]
         r = await http.post("/openai/v1/completions", json=body, headers={"x-request-timeout": "soon"})
         assert r.status_code == 400
         await eventually(lambda: tiny_engine.stats()["running"] == 0, "the engine to be idle")

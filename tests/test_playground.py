@@ -81,7 +81,7 @@ class DeadlineMidStream:
                 yield delta
                 count += 1
                 if count == 3:
-                    raise EngineError(ErrorCode.UNAVAILABLE, "The request deadline was exceeded.")
+                    raise EngineError(ErrorCode.DEADLINE_EXCEEDED, "The request deadline was exceeded.")
         finally:
             await stream.aclose()
 

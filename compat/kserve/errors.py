@@ -11,6 +11,7 @@ _STATUS = {
     ErrorCode.CONTEXT_LENGTH_EXCEEDED: 400,
     ErrorCode.OVERLOADED: 429,
     ErrorCode.UNAVAILABLE: 503,
+    ErrorCode.DEADLINE_EXCEEDED: 504,
     ErrorCode.INTERNAL: 500,
 }
 
@@ -23,6 +24,11 @@ class KServeError(Exception):
 
     def body(self) -> dict[str, str]:
         return {"error": self.message}
+
+    @property
+    def headers(self) -> dict[str, str]:
+        """A refusal the client may retry says when (429 at capacity, 503 while unavailable)."""
+        return {"Retry-After": "1"} if self.status in (429, 503) else {}
 
     @classmethod
     def from_engine(cls, exc: EngineError) -> KServeError:

@@ -2,13 +2,24 @@
 
 from __future__ import annotations
 
-from typing import Any
+from collections.abc import Awaitable, Callable
+from typing import Any, TypeVar
 
 import orjson
 from fastapi import Request
 from starlette.responses import Response
 
 from compat.kserve.errors import invalid_input
+
+
+T = TypeVar("T")
+# Runs a request's work and cancels it (aborting its generations) when the client goes away; the
+# server supplies it (gateway.disconnect), so every face stops work for a departed client alike.
+Guard = Callable[[Request, Awaitable[Any]], Awaitable[Any]]
+
+
+async def unguarded(request: Request, work: Awaitable[T]) -> T:
+    return await work
 
 
 class JSON(Response):

@@ -21,6 +21,7 @@ import orjson
 from compat.kserve.codecs import tensor
 from compat.kserve.errors import invalid_input
 from engines import Engine, GenerationParams, RequestContext
+from engines.frontend import run_parts
 from engines.tasks import Task
 
 OUTPUT = "output-0"
@@ -134,12 +135,16 @@ async def predict(
     ctx = RequestContext(f"kserve-{uuid.uuid4().hex}")
     if task in (Task.text_generation, Task.text2text_generation):
         params = _generation_params(parameters or {})
+        prompts = await asyncio.to_thread(lambda: [engine.tokenizer.encode(t) for t in texts])
+        # Every instance is admitted, or none is and nothing runs (a 429 leaves no orphans).
+        admission = await engine.admit(prompts, params, prompt_param="instances")
 
-        async def one(i: int, text: str) -> str:
-            request = RequestContext(f"{ctx.request_id}-{i}")
-            return "".join([d.text async for d in engine.generate(text, params, request)])
+        async def one(i: int, ids: list[int]) -> str:
+            request = RequestContext(f"{ctx.request_id}-{i}", admission=admission)
+            return "".join([d.text async for d in engine.generate(ids, params, request)])
 
-        outputs = list(await asyncio.gather(*(one(i, t) for i, t in enumerate(texts))))
+        with admission:  # one instance failing (or the client leaving) aborts the others
+            outputs = await run_parts([one(i, ids) for i, ids in enumerate(prompts)])
         return Prediction(outputs, [tensor(OUTPUT, "BYTES", outputs)])
 
     ids = await _encode(engine, texts, options.add_special_tokens)

@@ -13,7 +13,7 @@ v2 REST (Open Inference Protocol), grpc-v2, and v1 (`{"instances": [{name: row, 
 from __future__ import annotations
 
 import asyncio
-from collections.abc import AsyncIterator, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -21,16 +21,14 @@ import httpx
 import torch
 
 from engines.errors import EngineError, ErrorCode
-from engines.hf.base import LoadedEngine
-from engines.hf.encoder import pool
+from engines.backend import LoadedBackend
+from engines.pooling import pool
 from engines.loader import LoadedModel, Pooling
 from engines.tasks import Task
 from engines.types import (
     ClassificationResult,
     EmbeddingResult,
     FillMaskResult,
-    GenerationDelta,
-    GenerationParams,
     RequestContext,
     TokenClassificationResult,
 )
@@ -153,7 +151,7 @@ class PredictorClient:
         return list(out.shape), data
 
 
-class PredictorEngine(LoadedEngine):
+class PredictorEngine(LoadedBackend):
     """Encoder tasks answered by a remote predictor; tokenization and post-processing stay here."""
 
     def __init__(self, loaded: LoadedModel, *, served_name: str, predictor: PredictorConfig) -> None:
@@ -175,16 +173,13 @@ class PredictorEngine(LoadedEngine):
         return await self._client.ready() if self._config.health_check else True
 
     def stats(self) -> dict[str, int]:
-        return {"running": 0, "waiting": 0, "aborted_total": 0, "completed_total": self._served}
+        return {"running": 0, "waiting": 0, "completed_total": self._served}
 
-    async def abort(self, request_id: str) -> None:
-        return None
+    def abort(self, request_id: str) -> None:
+        return None  # predictor calls are short and not interruptible
 
     async def _forward(self, task: Task, inputs: Sequence[Sequence[int]]) -> tuple[torch.Tensor, torch.Tensor]:
         """Pad, send, and return (output reshaped to [batch, ...], attention mask)."""
-        self._require(task)
-        if not inputs or any(not ids for ids in inputs):
-            raise EngineError(ErrorCode.INVALID_REQUEST, "An input is empty.", param="input")
         width = max(len(ids) for ids in inputs)
         ids = [list(x) + [self._pad_id] * (width - len(x)) for x in inputs]
         mask = [[1] * len(x) + [0] * (width - len(x)) for x in inputs]
@@ -226,10 +221,3 @@ class PredictorEngine(LoadedEngine):
         out, mask = await self._forward(Task.text_embedding, inputs)
         vectors = await asyncio.to_thread(lambda: pool(out, mask, self._pooling).tolist())
         return [EmbeddingResult(tuple(v), len(ids)) for v, ids in zip(vectors, inputs)]
-
-    async def generate(
-        self, prompt: str | Sequence[int], params: GenerationParams, ctx: RequestContext
-    ) -> AsyncIterator[GenerationDelta]:
-        raise EngineError(ErrorCode.UNSUPPORTED, "Transformer mode serves encoder tasks only.", param="model",
-                          reason="unsupported_model")
-        yield  # pragma: no cover

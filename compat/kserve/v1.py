@@ -6,10 +6,10 @@ from fastapi import APIRouter, Request
 from starlette.responses import Response
 
 from compat.kserve.dataplane import DataPlane
-from compat.kserve.http import JSON, json_body
+from compat.kserve.http import JSON, Guard, json_body, unguarded
 
 
-def build_v1_router(plane: DataPlane) -> APIRouter:
+def build_v1_router(plane: DataPlane, guard: Guard = unguarded) -> APIRouter:
     router = APIRouter()
 
     # -- v1 -----------------------------------------------------------------------------------
@@ -24,7 +24,8 @@ def build_v1_router(plane: DataPlane) -> APIRouter:
 
     @router.post("/v1/models/{name}:predict")
     async def v1_predict(name: str, request: Request) -> Response:
-        return JSON(await plane.infer_v1(name, await json_body(request)))
+        body = await json_body(request)
+        return JSON(await guard(request, plane.infer_v1(name, body)))
 
     @router.post("/v1/models/{name}:explain")
     async def v1_explain(name: str) -> Response:

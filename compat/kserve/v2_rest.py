@@ -8,10 +8,10 @@ from starlette.responses import Response
 from compat.kserve.codecs import BINARY_HEADER, encode_binary_response, split_binary_request, wants_binary
 from compat.kserve.dataplane import DataPlane
 from compat.kserve.errors import KServeError
-from compat.kserve.http import JSON, json_body
+from compat.kserve.http import JSON, Guard, json_body, unguarded
 
 
-def build_v2_router(plane: DataPlane) -> APIRouter:
+def build_v2_router(plane: DataPlane, guard: Guard = unguarded) -> APIRouter:
     router = APIRouter()
 
     # -- v2 -----------------------------------------------------------------------------------
@@ -50,7 +50,7 @@ def build_v2_router(plane: DataPlane) -> APIRouter:
         else:
             body = await json_body(request)
         which = wants_binary(body)  # before inference: a malformed request costs nothing
-        response = await plane.infer_v2(name, body, rid)
+        response = await guard(request, plane.infer_v2(name, body, rid))
         if not which:
             return JSON(response)
         payload, length = encode_binary_response(response, which)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from engines.frontend import EngineFrontend
 from engines.hf.encoder import HFEncoderEngine
 from engines.hf.engine import HFEngine
 from engines.hf.seq2seq import HFSeq2SeqEngine
@@ -21,16 +22,16 @@ def load_engine(
     encoder_max_batch: int = 64,
     cpu_threads: int | None = None,
     adaptive_threads: bool = True,
-) -> HFEngine | HFEncoderEngine | HFSeq2SeqEngine:
-    """Load the model and wrap it in the engine its task needs (blocking: seconds)."""
+) -> EngineFrontend:
+    """Load the model, put the backend its task needs under the frontend (blocking: seconds)."""
     loaded = load_model(spec)
     if loaded.task is Task.text2text_generation:
-        return HFSeq2SeqEngine(loaded, served_name=served_name)
+        return EngineFrontend(HFSeq2SeqEngine(loaded, served_name=served_name, max_waiting=max_waiting))
     if loaded.task is not Task.text_generation:
-        return HFEncoderEngine(
+        return EngineFrontend(HFEncoderEngine(
             loaded, served_name=served_name, batch_wait_ms=encoder_batch_wait_ms, max_batch=encoder_max_batch,
             max_waiting=max(max_waiting, encoder_max_batch) * 16,
-        )
+        ))
     # On the CPU, the decoding steps choose their thread count as they go (engines.threads).
     on_cpu = next(loaded.model.parameters()).device.type == "cpu"
     tuner = ThreadTuner(cpu_threads) if cpu_threads and adaptive_threads and on_cpu else None
@@ -38,7 +39,7 @@ def load_engine(
     engine.limits.max_num_seqs = max_num_seqs
     engine.limits.max_waiting = max_waiting
     engine.limits.kv_cache_tokens = int(kv_cache_memory_gb * (1 << 30)) // engine.kv_bytes_per_token
-    return engine
+    return EngineFrontend(engine)
 
 
 __all__ = ["HFEncoderEngine", "HFEngine", "HFSeq2SeqEngine", "load_engine"]

@@ -1,4 +1,4 @@
-"""HFEncoderEngine: an encoder (BERT-style) model's task, off the event loop: embeddings,
+"""HFEncoderEngine: the backend of an encoder (BERT-style) model's task, off the event loop: embeddings,
 sequence classification, token classification or fill-mask, whichever the model was loaded for.
 
 Embedding pooling follows the model's sentence-transformers configuration (mean, CLS, max or last token,
@@ -9,48 +9,28 @@ forward passes run on one worker thread.
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator, Sequence
+from collections.abc import Sequence
 from typing import Any
 from concurrent.futures import ThreadPoolExecutor
 
 import torch
 
 from engines.errors import EngineError, ErrorCode
-from engines.validation import validate_encoder_inputs
 from engines.loader import LoadedModel, Pooling
+from engines.pooling import pool
 from engines.microbatch import MicroBatcher
-from engines.hf.base import LoadedEngine
+from engines.backend import LoadedBackend
 from engines.tasks import Task
 from engines.types import (
     ClassificationResult,
     EmbeddingResult,
     FillMaskResult,
-    GenerationDelta,
-    GenerationParams,
     RequestContext,
     TokenClassificationResult,
 )
 
 
-def pool(hidden: torch.Tensor, mask: torch.Tensor, pooling: Pooling) -> torch.Tensor:
-    """[batch, seq, dim] token states + [batch, seq] attention mask -> [batch, dim]."""
-    mask_f = mask.unsqueeze(-1).to(hidden.dtype)
-    if pooling.mode == "cls":
-        out = hidden[:, 0]
-    elif pooling.mode == "max":
-        out = hidden.masked_fill(mask_f == 0, float("-inf")).max(dim=1).values
-    elif pooling.mode == "last":
-        last = mask.sum(dim=1) - 1  # right padding: the last real token
-        out = hidden[torch.arange(hidden.shape[0]), last]
-    else:
-        out = (hidden * mask_f).sum(dim=1) / mask_f.sum(dim=1).clamp(min=1e-9)
-    out = out.float()
-    if pooling.normalize:
-        out = torch.nn.functional.normalize(out, p=2, dim=-1)
-    return out
-
-
-class HFEncoderEngine(LoadedEngine):
+class HFEncoderEngine(LoadedBackend):
     def __init__(
         self, loaded: LoadedModel, *, served_name: str, batch_wait_ms: float = 5.0, max_batch: int = 64, max_waiting: int = 4096
     ) -> None:
@@ -97,38 +77,21 @@ class HFEncoderEngine(LoadedEngine):
     async def abort(self, request_id: str) -> None:
         return None  # embedding batches are short and not interruptible
 
-    async def generate(
-        self, prompt: str | Sequence[int], params: GenerationParams, ctx: RequestContext
-    ) -> AsyncIterator[GenerationDelta]:
-        raise EngineError(
-            ErrorCode.UNSUPPORTED,
-            f"The model `{self._capabilities.model_name}` is an encoder ({', '.join(t.value for t in self._capabilities.tasks)}); "
-            "it does not generate text.",
-            param="model",
-            reason="unsupported_model",
-        )
-        yield  # pragma: no cover  (makes this an async generator)
-
-    def _check(self, inputs: Sequence[Sequence[int]]) -> None:
-        validate_encoder_inputs(inputs, vocab_size=self._capabilities.vocab_size, max_model_len=self._capabilities.max_model_len)
-
-    async def _run(self, task: Task, inputs: Sequence[Sequence[int]]) -> list[Any]:
-        self._require(task)
-        self._check(inputs)
+    async def _run(self, inputs: Sequence[Sequence[int]]) -> list[Any]:
         outputs = await self.batcher.submit(inputs)
         self._embedded_total += len(inputs)
         return outputs
 
     async def embed(self, inputs: Sequence[Sequence[int]], ctx: RequestContext) -> list[EmbeddingResult]:
-        outputs = await self._run(Task.text_embedding, inputs)
+        outputs = await self._run(inputs)
         return [EmbeddingResult(tuple(v), len(ids)) for v, ids in zip(outputs, inputs)]
 
     async def classify(self, inputs: Sequence[Sequence[int]], ctx: RequestContext) -> list[ClassificationResult]:
-        outputs = await self._run(Task.sequence_classification, inputs)
+        outputs = await self._run(inputs)
         return [ClassificationResult(tuple(v), self._labels, len(ids)) for v, ids in zip(outputs, inputs)]
 
     async def classify_tokens(self, inputs: Sequence[Sequence[int]], ctx: RequestContext) -> list[TokenClassificationResult]:
-        outputs = await self._run(Task.token_classification, inputs)
+        outputs = await self._run(inputs)
         return [
             TokenClassificationResult(tuple(tuple(row) for row in v), self._labels, tuple(ids), len(ids))
             for v, ids in zip(outputs, inputs)
@@ -140,7 +103,7 @@ class HFEncoderEngine(LoadedEngine):
             if mask_id is None or mask_id not in ids:
                 token = self._loaded.hf_tokenizer.mask_token or "[MASK]"
                 raise EngineError(ErrorCode.INVALID_REQUEST, f"Every input needs at least one {token} token.", param="input")
-        outputs = await self._run(Task.fill_mask, inputs)
+        outputs = await self._run(inputs)
         return [FillMaskResult(tuple(pos), tuple(tuple(r) for r in rows), len(ids)) for (pos, rows), ids in zip(outputs, inputs)]
 
     def _forward(self, batch: list[list[int]]) -> list[Any]:

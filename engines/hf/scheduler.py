@@ -31,7 +31,7 @@ import torch.nn.functional as F
 
 from engines.choice import ChoiceState, output_budget
 from engines.detokenizer import decode_prompt_pieces
-from engines.errors import EngineError, ErrorCode
+from engines.errors import EngineError, ErrorCode, deadline_exceeded
 from engines.sampling import SequenceSampler, top_logprobs
 from engines.structured import Constraint, GrammarCompiler
 from engines.threads import ThreadTuner
@@ -42,10 +42,6 @@ log = logging.getLogger(__name__)
 
 Emit = Callable[[GenerationDelta | BaseException], None]
 SCORING_CHUNK = 256  # prompt tokens per forward pass when every position is scored (measured: 4x less memory than all at once, 18 % slower)
-
-
-def _deadline_error() -> EngineError:
-    return EngineError(ErrorCode.UNAVAILABLE, "The request deadline was exceeded.")
 
 
 @dataclass(eq=False)
@@ -72,7 +68,7 @@ class Sequence:
 @dataclass
 class SchedulerLimits:
     max_num_seqs: int = 32  # rows decoded together
-    max_waiting: int = 256  # queued requests beyond which submit() refuses (429)
+    max_waiting: int = 256  # queue places beyond the batch (the frontend admits up to max_num_seqs + max_waiting)
     kv_cache_tokens: int = 1 << 20  # padded rows x width the KV cache may hold
 
 
@@ -156,11 +152,6 @@ class GenerationScheduler:
                 raise EngineError(ErrorCode.UNAVAILABLE, "The generation engine is not running.")
             if seq.request_id in self._by_id:
                 raise EngineError(ErrorCode.INVALID_REQUEST, f"Duplicate request id {seq.request_id}")
-            if self.saturated:
-                raise EngineError(
-                    ErrorCode.OVERLOADED,
-                    f"The server is at capacity ({self.limits.max_waiting} requests waiting); retry shortly.",
-                )
             self._by_id[seq.request_id] = seq
             self._waiting.append(seq)
             self._cond.notify()
@@ -177,12 +168,6 @@ class GenerationScheduler:
                 self._by_id.pop(request_id, None)
             self._cond.notify()
 
-    @property
-    def saturated(self) -> bool:
-        # Requests in flight (running or queued) against batch slots plus queue places, as in
-        # the vLLM engine: with --max_waiting 0 a request that finds a free slot still runs.
-        return len(self._by_id) >= self.limits.max_num_seqs + self.limits.max_waiting
-
     def stats(self) -> dict[str, int]:
         with self._cond:
             running = len(self._by_id) - len(self._waiting)
@@ -196,7 +181,6 @@ class GenerationScheduler:
                 "batch_size": self.last_batch_size,
                 "kv_cache_tokens": 0 if self._batch is None else len(self._batch.rows) * self._batch.width,
                 "kv_cache_capacity_tokens": self.limits.kv_cache_tokens,
-                "saturated": int(self.saturated),
                 **({"cpu_threads": self.tuner.threads} if self.tuner is not None else {}),
             }
 
@@ -292,7 +276,7 @@ class GenerationScheduler:
                 continue
             if seq.deadline is not None and now > seq.deadline:
                 self._retire(seq)
-                seq.emit(_deadline_error())
+                seq.emit(deadline_exceeded())
                 continue
             try:
                 alive = self._advance(seq, batch.logits[i])
@@ -407,7 +391,7 @@ class GenerationScheduler:
             if seq.deadline is not None and now > seq.deadline:  # never pay for a prefill nobody will wait for
                 admitted.remove(seq)
                 self._retire(seq)
-                seq.emit(_deadline_error())
+                seq.emit(deadline_exceeded())
                 continue
             if seq.choice is not None:
                 continue  # a preempted row coming back keeps its state
@@ -461,7 +445,7 @@ class GenerationScheduler:
             if seq.cancelled or (seq.deadline is not None and time.monotonic() > seq.deadline):
                 self._retire(seq)
                 if not seq.cancelled:
-                    seq.emit(_deadline_error())
+                    seq.emit(deadline_exceeded())
                 return
             chunk = prompt[start : start + SCORING_CHUNK]
             end = start + len(chunk)

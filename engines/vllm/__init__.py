@@ -88,6 +88,7 @@ def load_engine(
     loaded: LoadedModel | None = None,
 ):
     """Tokenizer and config here, weights in vLLM's engine process (started by `start()`)."""
+    from engines.frontend import EngineFrontend
     from engines.vllm.engine import VLLMEngine
 
     loaded = loaded or load_model(spec, weights=False)
@@ -97,14 +98,14 @@ def load_engine(
         lora_modules=[(n, p) for n, p, _ in adapters],
     )
     engine_args = parse_engine_args(engine_argv, defaults)
-    return VLLMEngine(
+    return EngineFrontend(VLLMEngine(
         loaded,
         served_name=served_name,
         engine_args=engine_args,
         lora_modules=[(n, p) for n, p, _ in adapters],
         max_num_seqs=int(engine_args.max_num_seqs or max_num_seqs),
         max_waiting=max_waiting,
-    )
+    ))
 
 
 __all__ = ["VLLM_TASKS", "EngineArgsError", "installed", "load_engine", "probe", "translate_legacy_flags"]

@@ -1,4 +1,5 @@
-"""VLLMEngine: the `Engine` protocol over vLLM's `AsyncLLM`.
+"""VLLMEngine: the backend over vLLM's `AsyncLLM` (the frontend, `engines.frontend`, has already
+tokenized, validated and admitted every part it submits).
 
 vLLM samples (its scheduler, paged KV cache, kernels, structured-output backends, seeds,
 penalties); we own everything a client sees. vLLM is asked for token ids only
@@ -22,15 +23,15 @@ import dataclasses
 import itertools
 import logging
 import threading
-from collections.abc import AsyncIterator, Coroutine, Sequence
+import time
+from collections.abc import Coroutine, Sequence
 from concurrent.futures import Future
 from typing import Any, TypeVar
 
-from engines.channel import DeltaChannel
 from engines.choice import ChoiceState, LogprobEntry, output_budget
 from engines.detokenizer import decode_prompt_pieces
-from engines.errors import EngineError, ErrorCode
-from engines.hf.base import GenerativeOnly, LoadedEngine
+from engines.errors import EngineError, ErrorCode, deadline_exceeded
+from engines.backend import LoadedBackend
 from engines.loader import LoadedModel
 from engines.structured import ConstraintFailed, GrammarCompiler
 from engines.tasks import Task
@@ -41,7 +42,6 @@ from engines.types import (
     RequestContext,
     TokenLogprob,
 )
-from engines.validation import validate_encoder_inputs, validate_generation
 
 log = logging.getLogger(__name__)
 T = TypeVar("T")
@@ -109,11 +109,9 @@ def _merge(deltas: list[GenerationDelta]) -> GenerationDelta:
     )
 
 
-class VLLMEngine(GenerativeOnly, LoadedEngine):
-    """Generation (decoder models) or embeddings (pooling models) on vLLM; `embed` overrides the
-    mixin's refusal, and the encoder heads stay refused (they are served by transformers)."""
-
-    kind = "is served by vLLM"
+class VLLMEngine(LoadedBackend):
+    """Generation (decoder models) or embeddings (pooling models) on vLLM; the encoder heads are
+    served by transformers."""
 
     def __init__(
         self,
@@ -133,16 +131,13 @@ class VLLMEngine(GenerativeOnly, LoadedEngine):
         self._capabilities = dataclasses.replace(self._capabilities, engine="vllm")
         self._engine_args = engine_args
         self._eos = frozenset(loaded.eos_token_ids) | self._tokenizer.eos_token_ids
-        self._grammars = GrammarCompiler(loaded.hf_tokenizer, int(getattr(loaded.config, "vocab_size", 0) or self._tokenizer.vocab_size))
+        self.grammars = GrammarCompiler(loaded.hf_tokenizer, int(getattr(loaded.config, "vocab_size", 0) or self._tokenizer.vocab_size))
         self._loras = {name: (i + 1, path) for i, (name, path) in enumerate(lora_modules)}
-        self._max_in_flight = max_num_seqs + max_waiting
+        self.max_in_flight = max_num_seqs + max_waiting
         self._llm: Any = None
         self._thread: _LoopThread | None = None
         self._ids = itertools.count()
-        self._internal: dict[str, set[str]] = {}  # our request id -> vLLM request ids in flight
-        self._running = 0
-        self._aborted_total = 0
-        self._completed_total = 0
+        self._parts: dict[str, tuple[str, Future[None]]] = {}  # our request id -> (vLLM's id, its driver)
 
     # -- lifecycle ------------------------------------------------------------------------------
 
@@ -188,30 +183,31 @@ class VLLMEngine(GenerativeOnly, LoadedEngine):
 
     def stats(self) -> dict[str, int]:
         llm = self._llm
-        queued = max(0, self._running - int(self._engine_args.max_num_seqs or 0))
+        parts = len(self._parts)
+        queued = max(0, parts - int(self._engine_args.max_num_seqs or 0))
         return {
-            "running": self._running - queued,
+            "running": parts - queued,
             "waiting": queued,
-            "aborted_total": self._aborted_total,
-            "completed_total": self._completed_total,
             "engine_unfinished": 0 if llm is None else int(llm.get_num_unfinished_requests()),
-            "saturated": int(self._running >= self._max_in_flight),
         }
 
-    async def abort(self, request_id: str) -> None:
-        """Stop every vLLM request of this request id; its requester gets an UNAVAILABLE error."""
-        internal = self._internal.get(request_id, set())
-        if internal and self._thread is not None and self._llm is not None:
-            await self._thread.call(self._llm.abort(list(internal)))
+    def abort(self, request_id: str) -> None:
+        """Stop one part: its driver and the vLLM request (nothing more is emitted for it)."""
+        entry = self._parts.pop(request_id, None)
+        if entry is not None and self._thread is not None and self._llm is not None:
+            vllm_id, driver = entry
+            driver.cancel()
+            self._thread.submit(self._llm.abort(vllm_id))
 
     # -- generation -----------------------------------------------------------------------------
 
     def _require_llm(self) -> tuple[Any, _LoopThread]:
         if self._llm is None or self._thread is None:
             raise EngineError(ErrorCode.UNAVAILABLE, "The vLLM engine is not running.")
-        if self._running >= self._max_in_flight:
-            raise EngineError(ErrorCode.OVERLOADED, f"The server is at capacity ({self._max_in_flight} requests in flight); retry shortly.")
         return self._llm, self._thread
+
+    def unsupported(self, params: GenerationParams) -> str | None:
+        return None
 
     def _lora_request(self, adapter: str | None) -> Any:
         if adapter is None:
@@ -253,45 +249,20 @@ class VLLMEngine(GenerativeOnly, LoadedEngine):
             output_kind=RequestOutputKind.DELTA,
         )
 
-    async def generate(
-        self, prompt: str | Sequence[int], params: GenerationParams, ctx: RequestContext
-    ) -> AsyncIterator[GenerationDelta]:
-        self._require(Task.text_generation)
+    def submit(self, request_id: str, prompt_ids: list[int], params: GenerationParams, deadline: float | None, emit: Any) -> None:
         llm, thread = self._require_llm()
-        if isinstance(prompt, str):
-            prompt_ids = await asyncio.to_thread(self._tokenizer.encode, prompt)
-        else:
-            prompt_ids = [int(t) for t in prompt]
-        caps = self._capabilities
-        validate_generation(prompt_ids, params, vocab_size=caps.vocab_size, max_model_len=caps.max_model_len, adapters=self._loras)
-        if params.structured is not None:  # our compiler first: a bad schema is a 400 before anything runs
-            await asyncio.to_thread(self._grammars.validate, params.structured)
-        if ctx.expired():  # before any work: nobody waits for this answer any more
-            raise EngineError(ErrorCode.UNAVAILABLE, "The request deadline was exceeded.")
-        lora = self._lora_request(params.adapter)
-        budget = output_budget(params, len(prompt_ids), caps.max_model_len)
+        budget = output_budget(params, len(prompt_ids), self._capabilities.max_model_len)
         sampling = self._sampling_params(params, budget)
+        lora = self._lora_request(params.adapter)
+        vllm_id = f"{request_id}#{next(self._ids)}"
 
-        channel = DeltaChannel()
-        vllm_id = f"{ctx.request_id}#{next(self._ids)}"
-        self._internal.setdefault(ctx.request_id, set()).add(vllm_id)
-        self._running += 1
-        task = thread.submit(self._run(llm, vllm_id, prompt_ids, params, budget, sampling, lora, ctx, channel.emit))
-        try:
-            while not channel.finished:
-                yield await channel.next()
-            self._completed_total += 1
-        finally:
-            self._running -= 1
-            ids = self._internal.get(ctx.request_id)
-            if ids is not None:
-                ids.discard(vllm_id)
-                if not ids:
-                    self._internal.pop(ctx.request_id, None)
-            if not channel.finished:  # the consumer went away (disconnect, cancel): stop vLLM now
-                self._aborted_total += 1
-                task.cancel()
-                thread.submit(llm.abort(vllm_id))
+        def done(_: Any) -> None:  # on the engine loop's thread
+            if self._parts.get(request_id, ("",))[0] == vllm_id:
+                self._parts.pop(request_id, None)
+
+        driver = thread.submit(self._run(llm, vllm_id, prompt_ids, params, budget, sampling, lora, deadline, emit))
+        self._parts[request_id] = (vllm_id, driver)
+        driver.add_done_callback(done)  # runs at once if the driver has already finished
 
     async def _run(
         self,
@@ -302,14 +273,14 @@ class VLLMEngine(GenerativeOnly, LoadedEngine):
         budget: int,
         sampling: Any,
         lora: Any,
-        ctx: RequestContext,
+        deadline: float | None,
         emit: Any,
     ) -> None:
         """On the engine loop: drive one vLLM request, turn its token ids into our deltas."""
         choice = ChoiceState(self._tokenizer, prompt_ids, params, eos_token_ids=self._eos, budget=budget)
         # Our own matcher follows vLLM's tokens to see when the grammar is complete: the choice
         # ends there, as in the transformers engine, instead of on a forced EOS one step later.
-        constraint = self._grammars.constraint(params.structured) if params.structured is not None else None
+        constraint = self.grammars.constraint(params.structured) if params.structured is not None else None
         first = True
         try:
             async for out in llm.generate({"prompt_token_ids": prompt_ids}, sampling, vllm_id, lora_request=lora):
@@ -320,8 +291,8 @@ class VLLMEngine(GenerativeOnly, LoadedEngine):
                     if budget <= 0:  # scoring only: the prompt's logprobs, no output
                         emit(choice.end("length"))
                         return
-                if ctx.expired():
-                    emit(EngineError(ErrorCode.UNAVAILABLE, "The request deadline was exceeded."))
+                if deadline is not None and time.monotonic() > deadline:
+                    emit(deadline_exceeded())
                     return
                 completion = out.outputs[0]
                 deltas = []
@@ -374,18 +345,13 @@ class VLLMEngine(GenerativeOnly, LoadedEngine):
     # -- pooling --------------------------------------------------------------------------------
 
     async def embed(self, inputs: Sequence[Sequence[int]], ctx: RequestContext) -> list[EmbeddingResult]:
-        self._require(Task.text_embedding)
         llm, thread = self._require_llm()
-        validate_encoder_inputs(inputs, vocab_size=self._capabilities.vocab_size, max_model_len=self._capabilities.max_model_len)
-        self._running += 1
         try:
             vectors = await thread.call(self._embed_all(llm, [list(map(int, ids)) for ids in inputs], ctx.request_id))
         except EngineError:
             raise
         except Exception as exc:
             raise _engine_error(exc) from None
-        finally:
-            self._running -= 1
         return [EmbeddingResult(tuple(v), len(ids)) for v, ids in zip(vectors, inputs)]
 
     async def _embed_all(self, llm: Any, inputs: list[list[int]], request_id: str) -> list[list[float]]:

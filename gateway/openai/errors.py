@@ -15,6 +15,7 @@ _ENGINE_ERRORS: dict[ErrorCode, tuple[int, str, str]] = {
     ErrorCode.CONTEXT_LENGTH_EXCEEDED: (400, "invalid_request_error", "context_length_exceeded"),
     ErrorCode.OVERLOADED: (429, "rate_limit_error", "rate_limit_exceeded"),
     ErrorCode.UNAVAILABLE: (503, "server_error", "service_unavailable"),
+    ErrorCode.DEADLINE_EXCEEDED: (504, "server_error", "deadline_exceeded"),
     ErrorCode.INTERNAL: (500, "server_error", "internal_error"),
 }
 _RETRY_AFTER_SECONDS = "1"

@@ -217,12 +217,12 @@ class ChatService(ServiceBase):
             structured=structured,
         )
         params = self.with_adapter(params, model)
-        self.check_limits([prompt_ids], params, n, prompt_param="messages")
+        rename = {"prompt": "messages", "max_tokens": max_tokens_param(req)}
+        admission = await self.admit([prompt_ids], params, n, prompt_param="messages", rename=rename)
         response_id = new_id("chatcmpl")
         self.log_request(response_id, text, params)
-        rename = {"prompt": "messages", "max_tokens": max_tokens_param(req)}
         generations = [
-            Generation(self.engine, prompt_ids, seeded(params, i), f"{response_id}-{i}", index=i, rename=rename)
+            Generation(self.engine, prompt_ids, seeded(params, i), f"{response_id}-{i}", index=i, rename=rename, admission=admission)
             for i in range(n)
         ]
         include_usage, continuous = stream_usage_options(req.stream_options)

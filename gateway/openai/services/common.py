@@ -13,6 +13,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from engines import Engine, EngineError, GenerationDelta, GenerationParams, RequestContext
+from engines.frontend import Admission, run_parts
 from engines.tasks import Task
 from engines.types import TokenLogprob
 from gateway.openai.errors import OpenAIError, invalid, model_not_found
@@ -34,10 +35,6 @@ class OpenAIConfig:
     max_n: int = 16
     max_logprobs: int = 20
     trust_request_chat_template: bool = False
-    max_prompt_tokens: int | None = None
-    max_stop_length: int = 256
-    max_total_tokens: int | None = None  # over all choices and prompts of one request
-    max_scored_prompt_tokens: int = 8192  # prompt tokens scored (echo + logprobs), over prompts and choices
 
 
 class ServiceBase:
@@ -93,29 +90,14 @@ class ServiceBase:
         if bad is not None:
             raise invalid(f"Token id {bad} is out of vocabulary (the vocabulary has {vocab} tokens).", param, code="invalid_token_id")
 
-    def check_limits(self, prompts: Sequence[Sequence[int]], params: GenerationParams, choices: int, *, prompt_param: str = "prompt") -> None:
-        """The operator's limits on one request (each a 400 naming the parameter)."""
-        limit = self.config.max_prompt_tokens
-        longest = max((len(p) for p in prompts), default=0)
-        if limit is not None and longest > limit:
-            raise invalid(f"The prompt has {longest} tokens; this server accepts at most {limit}.", prompt_param, code="context_length_exceeded")
-        too_long = next((s for s in params.stop if len(s) > self.config.max_stop_length), None)
-        if too_long is not None:
-            raise invalid(f"Stop strings may be at most {self.config.max_stop_length} characters long.", "stop")
-        if params.prompt_logprobs is not None:
-            scored = sum(len(p) for p in prompts) * choices
-            if scored > self.config.max_scored_prompt_tokens:
-                raise invalid(
-                    f"Scoring the prompt (echo with logprobs) covers {scored} tokens over all prompts and choices; "
-                    f"this server scores at most {self.config.max_scored_prompt_tokens} per request.", "logprobs",
-                )
-        total = self.config.max_total_tokens
-        asked = len(prompts) * choices * params.max_tokens
-        if total is not None and asked > total:
-            raise invalid(
-                f"This request asks for up to {asked} generated tokens ({len(prompts)} prompt(s) x {choices} choice(s) x "
-                f"{params.max_tokens}); this server allows {total} per request.", "max_tokens",
-            )
+    async def admit(self, prompts: Sequence[Sequence[int]], params: GenerationParams, choices: int, *,
+                    prompt_param: str = "prompt", rename: Mapping[str, str] | None = None) -> Admission:
+        """The whole request through the engine's admission: the operator's limits, the model's
+        limits and a slot for every choice of every prompt, or an error with nothing started."""
+        try:
+            return await self.engine.admit(prompts, params, choices, prompt_param=prompt_param)
+        except EngineError as exc:
+            raise OpenAIError.from_engine(exc, rename=rename) from None
 
     def check_logprobs(self, k: int | None, param: str) -> int | None:
         if k is not None and not 0 <= k <= self.config.max_logprobs:
@@ -183,9 +165,10 @@ class Generation:
     index: int = 0  # choice index in the response
     prompt_index: int = 0
     rename: Mapping[str, str] = field(default_factory=dict)  # neutral field name -> request's name
+    admission: Admission | None = None  # the request's slots (every choice of a request shares one)
 
     async def deltas(self) -> AsyncIterator[GenerationDelta]:
-        stream = self.engine.generate(self.prompt, self.params, RequestContext(self.request_id))
+        stream = self.engine.generate(self.prompt, self.params, RequestContext(self.request_id, admission=self.admission))
         try:
             async for delta in stream:
                 yield delta
@@ -195,8 +178,22 @@ class Generation:
             await stream.aclose()  # type: ignore[attr-defined]
 
 
+def _close_admission(generations: Sequence[Generation]) -> None:
+    """The request is over: slots its choices did not give back (they never ran) are freed."""
+    for admission in {id(g.admission): g.admission for g in generations if g.admission is not None}.values():
+        admission.close()
+
+
 async def merged(generations: Sequence[Generation]) -> AsyncIterator[tuple[Generation, GenerationDelta]]:
     """Deltas of several choices as they come. Closing it aborts every choice still running."""
+    try:
+        async for item in _merged(generations):
+            yield item
+    finally:
+        _close_admission(generations)
+
+
+async def _merged(generations: Sequence[Generation]) -> AsyncIterator[tuple[Generation, GenerationDelta]]:
     if len(generations) == 1:
         async for delta in generations[0].deltas():
             yield generations[0], delta
@@ -265,13 +262,10 @@ async def collect_one(gen: Generation) -> Collected:
 
 async def collect_all(generations: Sequence[Generation]) -> list[Collected]:
     """Run every choice concurrently; if one fails, the others are aborted."""
-    tasks = [asyncio.ensure_future(collect_one(g)) for g in generations]
     try:
-        return list(await asyncio.gather(*tasks))
+        return await run_parts([collect_one(g) for g in generations])
     finally:
-        for task in tasks:
-            task.cancel()
-        await asyncio.gather(*tasks, return_exceptions=True)
+        _close_admission(generations)
 
 
 @dataclass

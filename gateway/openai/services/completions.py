@@ -89,12 +89,13 @@ class CompletionService(ServiceBase):
         if req.truncate_prompt_tokens is not None:
             texts = [await asyncio.to_thread(self.engine.tokenizer.decode, p, skip_special_tokens=False) for p in ids]
 
-        self.check_limits(ids, params, best_of)
+        rename = {"max_tokens": max_tokens_param(req)}
+        admission = await self.admit(ids, params, best_of, rename=rename)
         response_id = new_id("cmpl")
         self.log_request(response_id, texts[0] if len(texts) == 1 else str(texts), params)
-        rename = {"max_tokens": max_tokens_param(req)}
         generations = [
-            Generation(self.engine, p, seeded(params, j), f"{response_id}-{pi}-{j}", index=pi * n + j, prompt_index=pi, rename=rename)
+            Generation(self.engine, p, seeded(params, j), f"{response_id}-{pi}-{j}", index=pi * n + j, prompt_index=pi, rename=rename,
+                       admission=admission)
             for pi, p in enumerate(ids)
             for j in range(best_of)
         ]
