@@ -33,6 +33,7 @@ from engines.types import (
     Capabilities,
     ClassificationResult,
     EmbeddingResult,
+    EngineStats,
     FillMaskResult,
     GenerationDelta,
     GenerationParams,
@@ -146,14 +147,14 @@ class EngineFrontend:
     async def check_health(self) -> bool:
         return await self.backend.check_health()
 
-    def stats(self) -> dict[str, int]:
-        stats = dict(self.backend.stats())
-        if self._generates:
-            stats["aborted_total"] = self.aborted_total
-            stats["completed_total"] = self.completed_total
-            stats["in_flight"] = self._gate.in_flight
-            stats["saturated"] = int(self._gate.in_flight >= self._gate.slots())
-        return stats
+    def stats(self) -> EngineStats:
+        backend = self.backend.stats()
+        if not self._generates:
+            return EngineStats.of(backend, saturated=bool(backend.get("saturated")))
+        return EngineStats.of(
+            backend, aborted_total=self.aborted_total, completed_total=self.completed_total, in_flight=self._gate.in_flight,
+            saturated=self._gate.in_flight >= self._gate.slots(),
+        )
 
     async def abort(self, request_id: str) -> None:
         self.backend.abort(request_id)

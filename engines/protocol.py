@@ -10,6 +10,7 @@ from engines.types import (
     Capabilities,
     ClassificationResult,
     EmbeddingResult,
+    EngineStats,
     FillMaskResult,
     GenerationDelta,
     GenerationParams,
@@ -68,6 +69,6 @@ class Engine(Protocol):
         """Cancel a running or waiting generation; it stops within one decoding step."""
         ...
 
-    def stats(self) -> dict[str, int]:
-        """Live counters: running and waiting requests, aborted total."""
+    def stats(self) -> EngineStats:
+        """Live counters and gauges (running, waiting, in flight, saturated, ...)."""
         ...

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import time
-from dataclasses import dataclass, field
+from dataclasses import asdict, dataclass, field, fields
 from typing import Any, Literal
 
 from engines.tasks import Task
@@ -128,6 +128,37 @@ class RequestContext:
 
     def expired(self) -> bool:
         return self.deadline is not None and time.monotonic() > self.deadline
+
+
+@dataclass(frozen=True)
+class EngineStats:
+    """Live counters and gauges of one engine: the frontend's, and its backend's where it has them."""
+
+    running: int = 0  # parts being generated (or inputs being encoded)
+    waiting: int = 0  # parts queued for a batch slot
+    in_flight: int = 0  # generation slots reserved by admitted requests
+    saturated: bool = False  # no room for another request: readiness turns off
+    completed_total: int = 0  # parts (inputs, for encoders) that ran to their end
+    aborted_total: int = 0  # parts stopped before their end
+    # The transformers scheduler's
+    batch_size: int | None = None
+    steps_total: int | None = None
+    preempted_total: int | None = None
+    kv_cache_tokens: int | None = None
+    kv_cache_capacity_tokens: int | None = None
+    cpu_threads: int | None = None
+    # The encoder's micro-batches, and vLLM's own count of unfinished requests
+    batches_total: int | None = None
+    engine_unfinished: int | None = None
+
+    @classmethod
+    def of(cls, values: dict[str, int], **frontend: int | bool) -> EngineStats:
+        """A backend's gauges (a plain mapping), under the frontend's own counters."""
+        known = {f.name for f in fields(cls)}
+        return cls(**{k: v for k, v in {**values, **frontend}.items() if k in known})
+
+    def as_dict(self) -> dict[str, int | bool]:
+        return {k: v for k, v in asdict(self).items() if v is not None}
 
 
 @dataclass(frozen=True)

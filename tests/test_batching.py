@@ -30,11 +30,11 @@ async def run(engine, prompt, **params):
 
 async def test_concurrent_greedy_equals_sequential(tiny_engine):
     sequential = [await run(tiny_engine, p, max_tokens=24, temperature=0) for p in PROMPTS]
-    steps_before = tiny_engine.stats()["steps_total"]
+    steps_before = tiny_engine.stats().steps_total
     concurrent = await asyncio.gather(*(run(tiny_engine, p, max_tokens=24, temperature=0) for p in PROMPTS))
     assert list(concurrent) == sequential
     # They really shared steps: far fewer steps than tokens generated.
-    steps = tiny_engine.stats()["steps_total"] - steps_before
+    steps = tiny_engine.stats().steps_total - steps_before
     assert steps < sum(len(ids) for _, ids, _ in sequential) / 2
 
 
@@ -68,7 +68,7 @@ async def test_aborted_row_leaves_and_neighbours_finish_unchanged(tiny_engine):
 
     results = await asyncio.gather(kill_after(5), *(run(tiny_engine, p, max_tokens=40, temperature=0) for p in PROMPTS[:3]))
     assert list(results[1:]) == expected
-    assert tiny_engine.stats()["running"] == 0
+    assert tiny_engine.stats().running == 0
 
 
 @pytest.fixture(scope="module")
@@ -96,7 +96,7 @@ async def saturated(engine, rows=2, queued=2):
             if i < rows:  # admitted: its first token has come
                 await asyncio.shield(firsts[-1])
             else:  # queued behind the full batch
-                await eventually(lambda n=i - rows + 1: engine.stats()["waiting"] == n, "the request to queue")
+                await eventually(lambda n=i - rows + 1: engine.stats().waiting == n, "the request to queue")
         yield
     finally:
         for f in firsts:
@@ -108,12 +108,12 @@ async def saturated(engine, rows=2, queued=2):
 
 async def test_full_queue_is_refused_then_recovers(small_engine):
     async with saturated(small_engine):
-        assert (small_engine.stats()["running"], small_engine.stats()["waiting"]) == (2, 2)
-        assert small_engine.stats()["saturated"] == 1
+        assert (small_engine.stats().running, small_engine.stats().waiting) == (2, 2)
+        assert small_engine.stats().saturated == 1
         with pytest.raises(EngineError) as exc:
             await run(small_engine, PROMPTS[1], max_tokens=2)
         assert exc.value.code is ErrorCode.OVERLOADED
-    await eventually(lambda: small_engine.stats()["running"] == 0 and small_engine.stats()["waiting"] == 0, "the engine to empty")
+    await eventually(lambda: small_engine.stats().running == 0 and small_engine.stats().waiting == 0, "the engine to empty")
     text, ids, finish = await run(small_engine, PROMPTS[1], max_tokens=2)
     assert len(ids) == 2
 
@@ -125,11 +125,11 @@ async def test_no_queue_still_serves_free_slots(tiny_dir):
                                           limits=SchedulerLimits(max_num_seqs=1, max_waiting=0)))
     await engine.start()
     try:
-        assert engine.stats()["saturated"] == 0
+        assert engine.stats().saturated == 0
         text, ids, finish = await run(engine, PROMPTS[1], max_tokens=2)
         assert len(ids) == 2
         async with saturated(engine, rows=1, queued=0):
-            assert engine.stats()["running"] == 1 and engine.stats()["saturated"] == 1
+            assert engine.stats().running == 1 and engine.stats().saturated == 1
             with pytest.raises(EngineError) as exc:
                 await run(engine, PROMPTS[1], max_tokens=2)
             assert exc.value.code is ErrorCode.OVERLOADED
@@ -141,10 +141,10 @@ async def test_preemption_keeps_outputs_exact(small_engine, tiny_engine):
     """Two rows that outgrow a 200-token KV budget: one is preempted and recomputed, same output."""
     kw = dict(max_tokens=120, temperature=0, ignore_eos=True)
     expected = [await run(tiny_engine, p, **kw) for p in PROMPTS[:2]]
-    before = small_engine.stats()["preempted_total"]
+    before = small_engine.stats().preempted_total
     got = await asyncio.gather(*(run(small_engine, p, **kw) for p in PROMPTS[:2]))
     assert list(got) == expected
-    assert small_engine.stats()["preempted_total"] > before
+    assert small_engine.stats().preempted_total > before
 
 
 async def test_http_429_with_retry_after_and_readiness(small_engine):
@@ -164,7 +164,7 @@ async def test_http_429_with_retry_after_and_readiness(small_engine):
             assert ready.status_code == 503 and ready.json()["saturated"] is True
             assert (await http.get("/openai/v1/models")).status_code == 200  # still responsive
             assert (await http.get("/health")).status_code == 200
-        await eventually(lambda: small_engine.stats()["running"] == 0 and small_engine.stats()["waiting"] == 0, "the engine to empty")
+        await eventually(lambda: small_engine.stats().running == 0 and small_engine.stats().waiting == 0, "the engine to empty")
         assert (await http.get("/ready")).status_code == 200
         r = await http.post("/openai/v1/completions", json={"prompt": "x", "max_tokens": 2})
         assert r.status_code == 200
@@ -186,4 +186,4 @@ async def test_a_faulty_row_fails_alone(tiny_engine):
     assert isinstance(results[0], EngineError) and results[0].code is ErrorCode.INVALID_REQUEST
     assert "allows no next token" in results[0].message
     assert list(results[1:]) == expected
-    assert tiny_engine.stats()["running"] == 0
+    assert tiny_engine.stats().running == 0

@@ -89,7 +89,7 @@ def test_a_body_that_never_arrives_is_cut_off_and_the_request_ends(guarded, tiny
                      b"content-length: 1000\r\n\r\n{\"prompt\": \"Once")
         answer = read_all(sock)
     assert answer.startswith(b"HTTP/1.1 408 ")
-    assert tiny_engine.stats()["running"] == 0
+    assert tiny_engine.stats().running == 0
     assert httpx.get(f"http://127.0.0.1:{guarded.port}/health", timeout=60).status_code == 200
 
 

@@ -12,7 +12,7 @@ LONG = {"messages": [{"role": "user", "content": "Tell me everything."}], "max_t
 
 async def wait_idle(engine):
     """The engine's gauges back at zero (no time limit but a hang guard: a busy machine is slow)."""
-    await eventually(lambda: engine.stats()["running"] == 0 and engine.stats()["waiting"] == 0, "the engine to be idle")
+    await eventually(lambda: engine.stats().running == 0 and engine.stats().waiting == 0, "the engine to be idle")
     return engine.stats()
 
 
@@ -29,7 +29,7 @@ async def test_closed_stream_aborts_and_frees_the_engine(live_tiny, tiny_engine)
                 if events == 30:
                     break
     stats = await wait_idle(tiny_engine)
-    assert stats["aborted_total"] == before["aborted_total"] + 1 and stats["completed_total"] == before["completed_total"]
+    assert stats.aborted_total == before.aborted_total + 1 and stats.completed_total == before.completed_total
     async with httpx.AsyncClient(base_url=live_tiny.base_url, timeout=600) as http:
         r = await http.post("/openai/v1/chat/completions", json={**LONG, "max_tokens": 10})
         assert r.status_code == 200 and r.json()["usage"]["completion_tokens"] == 10
@@ -41,12 +41,12 @@ async def test_abandoned_non_streaming_request_aborts(live_tiny, tiny_engine):
     before = tiny_engine.stats()
     async with httpx.AsyncClient(base_url=live_tiny.base_url, timeout=600) as http:
         call = asyncio.ensure_future(http.post("/openai/v1/chat/completions", json=LONG))
-        await eventually(lambda: tiny_engine.stats()["running"] == 1, "the generation to start")
+        await eventually(lambda: tiny_engine.stats().running == 1, "the generation to start")
         call.cancel()  # the client hangs up
         with pytest.raises(asyncio.CancelledError):
             await call
     stats = await wait_idle(tiny_engine)
-    assert stats["aborted_total"] == before["aborted_total"] + 1 and stats["completed_total"] == before["completed_total"]
+    assert stats.aborted_total == before.aborted_total + 1 and stats.completed_total == before.completed_total
 
 
 async def test_sse_over_a_real_socket_is_newline_framed(live_tiny):
@@ -84,7 +84,7 @@ async def test_keepalive_pings_while_waiting(tiny_engine):
 
 
 async def test_closing_an_n_stream_aborts_every_choice(live_tiny, tiny_engine):
-    before = tiny_engine.stats()["aborted_total"]
+    before = tiny_engine.stats().aborted_total
     async with httpx.AsyncClient(base_url=live_tiny.base_url, timeout=60) as http:
         async with http.stream("POST", "/openai/v1/chat/completions", json={**LONG, "n": 3, "stream": True}) as r:
             events = 0
@@ -93,5 +93,5 @@ async def test_closing_an_n_stream_aborts_every_choice(live_tiny, tiny_engine):
                 if events == 10:
                     break
     stats = await wait_idle(tiny_engine)
-    assert stats["running"] == 0 and stats["waiting"] == 0
-    assert stats["aborted_total"] == before + 3
+    assert stats.running == 0 and stats.waiting == 0
+    assert stats.aborted_total == before + 3

@@ -120,10 +120,10 @@ async def test_concurrent_requests_are_micro_batched_and_equal_singles(minilm_en
     singles = []
     for s in sentences:  # one at a time: each is its own forward pass
         singles.append((await minilm_client.embeddings.create(model="minilm", input=s, encoding_format="float")).data[0].embedding)
-    before = minilm_engine.stats().get("batches_total", 0)
+    before = minilm_engine.stats().batches_total or 0
     together = await asyncio.gather(*(minilm_client.embeddings.create(model="minilm", input=s, encoding_format="float") for s in sentences))
     if minilm_engine.capabilities.engine == "transformers":  # our micro-batcher (vLLM batches in its scheduler)
-        batches = minilm_engine.stats()["batches_total"] - before
+        batches = minilm_engine.stats().batches_total - before
         assert batches < len(sentences) / 4, "concurrent requests were not gathered"
     for one, many in zip(singles, together):
         assert close(many.data[0].embedding, one, 1e-6)

@@ -87,19 +87,19 @@ async def test_invalid_requests_fail_before_any_work(tiny_engine, prompt, params
     with pytest.raises(EngineError) as exc:
         await run(tiny_engine, prompt, **params)
     assert (exc.value.code, exc.value.param) == (code, param)
-    assert tiny_engine.stats()["running"] == 0
+    assert tiny_engine.stats().running == 0
 
 
 async def test_closing_the_stream_aborts_within_a_step(tiny_engine):
-    before = tiny_engine.stats()["aborted_total"]
+    before = tiny_engine.stats().aborted_total
     stream = tiny_engine.generate(PROMPT, GenerationParams(max_tokens=4000, ignore_eos=True), ctx())
     async for delta in stream:
         if delta.completion_tokens == 3:
             break
     await stream.aclose()
-    await eventually(lambda: tiny_engine.stats()["running"] == 0, "the abort to free the slot")
+    await eventually(lambda: tiny_engine.stats().running == 0, "the abort to free the slot")
     stats = tiny_engine.stats()
-    assert stats["running"] == 0 and stats["aborted_total"] == before + 1
+    assert stats.running == 0 and stats.aborted_total == before + 1
 
 
 async def test_abort_by_request_id(tiny_engine):
@@ -109,7 +109,7 @@ async def test_abort_by_request_id(tiny_engine):
     await tiny_engine.abort(c.request_id)
     rest = []
     consumer = asyncio.ensure_future(_drain(stream, rest))
-    await eventually(lambda: tiny_engine.stats()["running"] == 0, "the abort to free the slot")
+    await eventually(lambda: tiny_engine.stats().running == 0, "the abort to free the slot")
     consumer.cancel()
     assert first.completion_tokens == 1 and len(rest) < 4000
 
@@ -128,4 +128,4 @@ async def test_deadline_aborts_with_an_error(tiny_engine):
     assert exc.value.code is ErrorCode.DEADLINE_EXCEEDED and "deadline" in exc.value.message
     # Some tokens, or none if the deadline passed before it was admitted: never the whole answer.
     assert len(got) < 4000
-    await eventually(lambda: tiny_engine.stats()["running"] == 0, "the engine to be idle")
+    await eventually(lambda: tiny_engine.stats().running == 0, "the engine to be idle")

@@ -118,15 +118,15 @@ async def test_a_request_that_does_not_fit_whole_is_refused_and_nothing_of_it_ru
         if face != "grpc":
             assert got.headers["retry-after"] == "1"
         # Not one part was handed to the engine: nothing runs, queues or generates for nobody.
-        assert (stats["running"], stats["waiting"]) == (0, 0)
-        assert stats["in_flight"] == tiny_engine.max_in_flight - 1
-        assert stats["completed_total"] == before["completed_total"] and stats["aborted_total"] == before["aborted_total"]
+        assert (stats.running, stats.waiting) == (0, 0)
+        assert stats.in_flight == tiny_engine.max_in_flight - 1
+        assert stats.completed_total == before.completed_total and stats.aborted_total == before.aborted_total
         text = await metrics_of(app)
         assert metric_sample(text, "gateway_generation_tokens_total") == 0
         assert metric_sample(text, "gateway_request_errors_total", code="overloaded") == 1  # one request, not 3 parts
         assert metric_sample(text, "gateway_requests_aborted_total") == 0
     assert (await send(app, face, WORDS[:3])).kind == "ok"  # the same request fits once there is room
-    assert tiny_engine.stats()["in_flight"] == 0
+    assert tiny_engine.stats().in_flight == 0
 
 
 @pytest.mark.parametrize("face", FACES)
@@ -151,7 +151,7 @@ async def test_one_openai_request_cannot_take_the_whole_queue(tiny_engine):
     text = await metrics_of(app)
     assert metric_sample(text, "gateway_request_errors_total") == 2  # once per request, whatever its parts
     assert metric_sample(text, "gateway_request_errors_total", code="invalid_request") == 2
-    assert tiny_engine.stats()["in_flight"] == 0
+    assert tiny_engine.stats().in_flight == 0
 
 
 # -- operator limits on every face (D4) ----------------------------------------------------------
@@ -178,7 +178,7 @@ async def test_a_passed_deadline_is_deadline_exceeded_on_every_face(tiny_engine,
     text = await metrics_of(app)
     assert metric_sample(text, "gateway_request_errors_total", code="deadline_exceeded") == 1
     assert metric_sample(text, "gateway_generation_tokens_total") == 0
-    assert tiny_engine.stats()["in_flight"] == 0
+    assert tiny_engine.stats().in_flight == 0
 
 
 # -- a client that leaves stops its generations (D3), and is accounted honestly (D19) ----------------
@@ -216,18 +216,18 @@ async def test_a_client_that_leaves_aborts_every_part_and_is_logged_as_gone(tiny
     caplog.set_level(logging.INFO, logger="gateway.access")
     held = Holding(tiny_engine)
     app = make_app(held)
-    before = tiny_engine.stats()["aborted_total"]
+    before = tiny_engine.stats().aborted_total
     with ThreadedServer(app) as server:
         request = asyncio.ensure_future(send(app, face, WORDS[:2], max_tokens=50, base_url=server.base_url))
         await eventually(lambda: held.holding == 2, "both parts to produce a token")
         request.cancel()  # the client goes away: the connection closes, or the gRPC call is cancelled
         with contextlib.suppress(asyncio.CancelledError):
             await request
-        await eventually(lambda: tiny_engine.stats()["aborted_total"] == before + 2, "both parts to be aborted")
+        await eventually(lambda: tiny_engine.stats().aborted_total == before + 2, "both parts to be aborted")
         await eventually(lambda: any("outcome=aborted" in r.getMessage() for r in caplog.records if r.name == "gateway.access"),
                          "the access line")
         held.released = True
-        assert tiny_engine.stats()["in_flight"] == 0
+        assert tiny_engine.stats().in_flight == 0
         line = next(r.getMessage() for r in caplog.records if r.name == "gateway.access" and "outcome=aborted" in r.getMessage())
         fields = dict(part.split("=", 1) for part in line.split(" ") if "=" in part)
         assert fields["status"] == ("CANCELLED" if face == "grpc" else "499")
@@ -269,4 +269,4 @@ async def test_an_unexpected_error_is_a_500_with_the_request_id(tiny_engine, fac
     line = next(rec.getMessage() for rec in caplog.records if rec.name == "gateway.access" and "trace-500" in rec.getMessage())
     assert "status=500" in line
     assert metric_sample(await metrics_of(app), "gateway_requests_total", status="500") == 1
-    assert tiny_engine.stats()["in_flight"] == 0
+    assert tiny_engine.stats().in_flight == 0

@@ -366,12 +366,12 @@ async def test_scored_prompt_tokens_are_bounded_per_request(tiny_engine):
 
 
 async def test_a_passed_deadline_is_answered_before_any_model_work(tiny_engine):
-    before = tiny_engine.stats().get("steps_total")
+    before = tiny_engine.stats().steps_total
     async with client_for(make_app(tiny_engine)) as http:
         r = await http.post("/openai/v1/chat/completions", json=CHAT, headers={"x-request-timeout": "0.000001"})
         assert openai_error(r, 504)["message"] == "The request deadline was exceeded."
         assert await generated_tokens(http) == 0
-    assert tiny_engine.stats().get("steps_total") == before
+    assert tiny_engine.stats().steps_total == before
 
 
 @pytest.mark.skipif(TEST_ENGINE != "transformers", reason="the transformers scheduler's admission")

@@ -72,7 +72,7 @@ async def test_the_drain_answers_what_it_stops_on_every_face(tiny_engine):
     port = free_port()
     grpc_server.add_insecure_port(f"127.0.0.1:{port}")
     await grpc_server.start()
-    ended_before = tiny_engine.stats()["aborted_total"] + tiny_engine.stats()["completed_total"]
+    ended_before = tiny_engine.stats().aborted_total + tiny_engine.stats().completed_total
     try:
         async with httpx.AsyncClient(transport=httpx.ASGITransport(app=app), base_url="http://t", timeout=120) as http, \
                 grpc.aio.insecure_channel(f"127.0.0.1:{port}") as channel:
@@ -117,9 +117,9 @@ async def test_the_drain_answers_what_it_stops_on_every_face(tiny_engine):
             assert stopped.value.code() == grpc.StatusCode.UNAVAILABLE
             assert lifecycle.in_flight == 0
             # Nothing is left running: each generation was aborted, or had already finished unread.
-            await until(lambda: tiny_engine.stats()["running"] == 0, "the engine to be idle")
+            await until(lambda: tiny_engine.stats().running == 0, "the engine to be idle")
             stats = tiny_engine.stats()
-            assert stats["aborted_total"] + stats["completed_total"] == ended_before + 4
+            assert stats.aborted_total + stats.completed_total == ended_before + 4
     finally:
         held.release.set()
         await grpc_server.stop(0)

@@ -221,7 +221,7 @@ async def test_a_deadline_aborts_generation(tiny_engine):
         assert r.status_code == 504 and r.json()["error"]["code"] == "deadline_exceeded" and "deadline" in r.json()["error"]["message"]
         r = await http.post("/openai/v1/completions", json=body, headers={"x-request-timeout": "soon"})
         assert r.status_code == 400
-        await eventually(lambda: tiny_engine.stats()["running"] == 0, "the engine to be idle")
+        await eventually(lambda: tiny_engine.stats().running == 0, "the engine to be idle")
 
 
 async def test_cors_preflight_and_headers(tiny_engine):

