@@ -12,6 +12,7 @@ from typing import Any, Protocol
 
 from engines.loader import LoadedModel
 from engines.structured import GrammarCompiler
+from engines.tasks import Task
 from engines.tokenizer import Tokenizer
 from engines.types import Capabilities, GenerationDelta, GenerationParams
 
@@ -50,6 +51,12 @@ class LoadedBackend:
     def __init__(self, loaded: LoadedModel, *, served_name: str, extra: dict[str, Any] | None = None) -> None:
         self._loaded = loaded
         self._tokenizer = Tokenizer(loaded.hf_tokenizer, eos_token_ids=loaded.eos_token_ids)
+        id2label = getattr(loaded.config, "id2label", None) or {}
+        count = int(getattr(loaded.config, "num_labels", 0) or len(id2label))
+        # Class names in logit order (configs saved as JSON key them by string).
+        self._labels: tuple[str, ...] = tuple(
+            str(id2label.get(i, id2label.get(str(i), f"LABEL_{i}"))) for i in range(count)
+        )
         self._capabilities = Capabilities(
             model_name=served_name,
             root=loaded.root,
@@ -60,12 +67,7 @@ class LoadedBackend:
             vocab_size=max(self._tokenizer.vocab_size, int(getattr(loaded.config, "vocab_size", 0) or 0)),
             has_chat_template=self._tokenizer.chat_template is not None,
             extra=dict(extra or {}),
-        )
-        id2label = getattr(loaded.config, "id2label", None) or {}
-        count = int(getattr(loaded.config, "num_labels", 0) or len(id2label))
-        # Class names in logit order (configs saved as JSON key them by string).
-        self._labels: tuple[str, ...] = tuple(
-            str(id2label.get(i, id2label.get(str(i), f"LABEL_{i}"))) for i in range(count)
+            labels=self._labels if loaded.task in (Task.sequence_classification, Task.token_classification) else (),
         )
 
     @property

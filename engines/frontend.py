@@ -293,7 +293,7 @@ class EngineFrontend:
                 param="model", reason="unsupported_model",
             )
 
-    async def _encoder_call(self, task: Task, what: str, inputs: Sequence[Sequence[int]], ctx: RequestContext) -> Any:
+    async def _encoder_call(self, task: Task, what: str, inputs: Sequence[Sequence[int]], ctx: RequestContext, **extra: Any) -> Any:
         self._require(task, what)
         if len(inputs) > MAX_ENCODER_INPUTS:
             raise EngineError(ErrorCode.INVALID_REQUEST, f"At most {MAX_ENCODER_INPUTS} inputs per request, got {len(inputs)}.", param="input")
@@ -301,7 +301,7 @@ class EngineFrontend:
         validate_encoder_inputs(inputs, vocab_size=caps.vocab_size, max_model_len=caps.max_model_len)
         if ctx.expired():
             raise deadline_exceeded()
-        return await getattr(self.backend, task_method(task))(inputs, ctx)
+        return await getattr(self.backend, task_method(task))(inputs, ctx, **extra)
 
     async def embed(self, inputs: Sequence[Sequence[int]], ctx: RequestContext) -> list[EmbeddingResult]:
         return await self._encoder_call(Task.text_embedding, "embeddings", inputs, ctx)
@@ -309,8 +309,11 @@ class EngineFrontend:
     async def classify(self, inputs: Sequence[Sequence[int]], ctx: RequestContext) -> list[ClassificationResult]:
         return await self._encoder_call(Task.sequence_classification, "sequence classification", inputs, ctx)
 
-    async def classify_tokens(self, inputs: Sequence[Sequence[int]], ctx: RequestContext) -> list[TokenClassificationResult]:
-        return await self._encoder_call(Task.token_classification, "token classification", inputs, ctx)
+    async def classify_tokens(self, inputs: Sequence[Sequence[int]], ctx: RequestContext, pad_to: int | None = None) -> list[TokenClassificationResult]:
+        """`pad_to`: also the logits of padding positions up to that width, computed with the
+        padding masked (as a batch padded to that width gives them: KServe's output)."""
+        extra = {"pad_to": pad_to} if pad_to else {}
+        return await self._encoder_call(Task.token_classification, "token classification", inputs, ctx, **extra)
 
     async def fill_mask(self, inputs: Sequence[Sequence[int]], ctx: RequestContext) -> list[FillMaskResult]:
         return await self._encoder_call(Task.fill_mask, "fill-mask", inputs, ctx)

@@ -28,6 +28,11 @@ def length_groups(lengths: Sequence[int], *, max_size: int, slack: float = 1.25,
     return groups
 
 
+def _as_list(item: Sequence[int]) -> list[int]:
+    """An input as a list, kept as it is when it already is one (it may carry attributes)."""
+    return item if isinstance(item, list) else list(item)
+
+
 class MicroBatcher(Generic[T]):
     def __init__(
         self,
@@ -55,11 +60,11 @@ class MicroBatcher(Generic[T]):
     async def submit(self, inputs: Sequence[Sequence[int]]) -> list[T]:
         loop = asyncio.get_running_loop()
         if self.wait_s <= 0:  # no gathering across requests: this request's inputs alone
-            return await self._run_groups(loop, [list(x) for x in inputs])
+            return await self._run_groups(loop, [_as_list(x) for x in inputs])
         if len(self._pending) + len(inputs) > self.max_waiting:
             raise EngineError(ErrorCode.OVERLOADED, "Too many inputs are waiting for the encoder; retry shortly.")
         futures = [loop.create_future() for _ in inputs]
-        self._pending += [(list(x), f) for x, f in zip(inputs, futures)]
+        self._pending += [(_as_list(x), f) for x, f in zip(inputs, futures)]
         if self._drainer is None or self._drainer.done():
             self._drainer = asyncio.ensure_future(self._drain())
         return list(await asyncio.gather(*futures))

@@ -57,8 +57,11 @@ class Engine(Protocol):
         """Class logits per input (sequence classification models)."""
         ...
 
-    async def classify_tokens(self, inputs: Sequence[Sequence[int]], ctx: RequestContext) -> list[TokenClassificationResult]:
-        """Class logits per token per input (token classification models)."""
+    async def classify_tokens(
+        self, inputs: Sequence[Sequence[int]], ctx: RequestContext, pad_to: int | None = None
+    ) -> list[TokenClassificationResult]:
+        """Class logits per token per input (token classification models); with `pad_to`, also
+        for the padding positions up to that width (the padding masked)."""
         ...
 
     async def fill_mask(self, inputs: Sequence[Sequence[int]], ctx: RequestContext) -> list[FillMaskResult]:

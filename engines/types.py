@@ -172,3 +172,4 @@ class Capabilities:
     vocab_size: int
     has_chat_template: bool
     extra: dict[str, object] = field(default_factory=dict)
+    labels: tuple[str, ...] = ()  # class names in logit order (classification models: config.id2label)

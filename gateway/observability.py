@@ -264,12 +264,12 @@ class ObservedEngine:
                 else:
                     m.aborted.labels(**labels).inc()
 
-    async def _pooled(self, method: str, inputs: Sequence[Sequence[int]], ctx: RequestContext) -> Any:
+    async def _pooled(self, method: str, inputs: Sequence[Sequence[int]], ctx: RequestContext, **extra: Any) -> Any:
         m, labels = self._metrics, self._metrics.labels()
         ctx, record = self._context(ctx)
         start = time.monotonic()
         try:
-            results = await getattr(self._engine, method)(inputs, ctx)
+            results = await getattr(self._engine, method)(inputs, ctx, **extra)
         except EngineError as exc:
             self._error(exc, record)
             raise
@@ -290,8 +290,8 @@ class ObservedEngine:
     async def classify(self, inputs, ctx):  # type: ignore[no-untyped-def]
         return await self._pooled("classify", inputs, ctx)
 
-    async def classify_tokens(self, inputs, ctx):  # type: ignore[no-untyped-def]
-        return await self._pooled("classify_tokens", inputs, ctx)
+    async def classify_tokens(self, inputs, ctx, pad_to=None):  # type: ignore[no-untyped-def]
+        return await self._pooled("classify_tokens", inputs, ctx, **({"pad_to": pad_to} if pad_to else {}))
 
     async def fill_mask(self, inputs, ctx):  # type: ignore[no-untyped-def]
         return await self._pooled("fill_mask", inputs, ctx)

@@ -217,6 +217,7 @@ def create_app(settings: Settings, engine: Engine) -> FastAPI:
             return_label_names=settings.return_label_names,
             scores_as_numbers=settings.scores_as_numbers,
             fill_mask_top_k=settings.fill_mask_top_k,
+            ragged_token_classification=settings.ragged_token_classification,
         ),
     )
 

@@ -59,6 +59,7 @@ class Settings:
     return_offsets_mapping: bool = field(default=False, **_flag("Token classification also returns each token's character offsets (output `offset_mapping`)."))
     return_label_names: bool = field(default=False, **_flag("Beyond KServe: classification also returns the id2label names (output `label_names`)."))
     scores_as_numbers: bool = field(default=False, **_flag("Beyond KServe: with --return_probabilities/--return_raw_logits, v2 scores are FP64 tensors, not Python-repr strings."))
+    ragged_token_classification: bool = field(default=False, **_flag("Beyond KServe: token classification answers each input's own tokens (v1) and pads v2 rows with -1, instead of KServe's batch padded to its longest input with the model's labels at the padding."))
     fill_mask_top_k: int = field(default=0, **_flag("Beyond KServe: fill-mask answers the k best tokens with scores instead of the argmax (0 = off)."))
     # -- KServe transformer mode ---------------------------------------------------------------
     predictor_host: str | None = field(default=None, **_flag("Transformer mode: tokenize here, run the model on this predictor (host:port), post-process here."))

@@ -40,6 +40,20 @@ def reference_logits(model_dir, arch, texts):
     return out
 
 
+def reference_padded_logits(model_dir, arch, texts):
+    """Plain transformers, the texts as one batch padded to the longest, as KServe runs them:
+    logits [n, width, labels] (padding positions included)."""
+    import torch
+    import transformers
+    from transformers import AutoTokenizer
+
+    tok = AutoTokenizer.from_pretrained(model_dir)
+    model = getattr(transformers, arch).from_pretrained(model_dir).eval()
+    enc = tok(texts, padding=True, return_tensors="pt")
+    with torch.no_grad():
+        return model(**enc).logits
+
+
 def metric_sample(text: str, name: str, **labels: str) -> float:
     """One sample's value from Prometheus text (0 when absent)."""
     want = ",".join(f'{k}="{v}"' for k, v in labels.items())

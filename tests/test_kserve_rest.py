@@ -6,7 +6,7 @@ import pytest
 import torch
 
 from tests.conftest import make_app
-from tests.helpers import reference_logits
+from tests.helpers import reference_logits, reference_padded_logits
 
 SENTENCES = ["Hello, my dog is cute.", "I did not like this film at all, it was long and dull."]
 MASKED = ["The capital of France is [MASK].", "The [MASK] of [MASK] is paris."]
@@ -35,8 +35,23 @@ async def test_sequence_classification(encoder_engines, tiny_bert_dirs):
     assert v2["model_name"] == "sequence_classification" and v2["model_version"] is None and v2["id"]
 
 
-async def test_token_classification(encoder_engines, tiny_bert_dirs):
+async def test_token_classification_is_padded_as_kserve_pads_it(encoder_engines, tiny_bert_dirs):
+    """KServe runs the instances as one batch padded to the longest and returns a label for every
+    position, padding included: so do we, by default, whatever our own micro-batching did."""
     async with client_for(encoder_engines["token_classification"]) as http:
+        v1, v2 = await both(http, "token_classification", SENTENCES)
+    logits = reference_padded_logits(tiny_bert_dirs["token_classification"], "BertForTokenClassification", SENTENCES)
+    expected = [[row.argmax(-1).tolist()] for row in logits]
+    width = logits.shape[1]
+    assert len({len(e[0]) for e in expected}) == 1 and len(SENTENCES[0]) != len(SENTENCES[1])
+    assert v1 == {"predictions": expected}
+    (out,) = v2["outputs"]
+    assert out["datatype"] == "INT64" and out["shape"] == [2, 1, width]
+    assert out["data"] == [x for e in expected for x in e[0]]
+
+
+async def test_ragged_token_classification_on_request(encoder_engines, tiny_bert_dirs):
+    async with options_client(encoder_engines["token_classification"], ragged_token_classification=True) as http:
         v1, v2 = await both(http, "token_classification", SENTENCES)
     ref = reference_logits(tiny_bert_dirs["token_classification"], "BertForTokenClassification", SENTENCES)
     expected = [[l.argmax(-1).tolist()] for _, l in ref]
@@ -92,6 +107,8 @@ async def test_health_metadata_and_readiness(encoder_engines):
         meta = (await http.get("/v2/models/sequence_classification")).json()
         assert meta["inputs"] == [{"name": "input-0", "datatype": "BYTES", "shape": [-1]}]
         assert meta["outputs"] == [{"name": "output-0", "datatype": "INT64", "shape": [-1]}]
+        # The class indices' names, from the model's config (predictions stay numeric).
+        assert meta["parameters"] == {"id2label": {"0": "negative", "1": "neutral", "2": "positive"}}
         assert (await http.get("/")).json() == {"status": "alive"}
 
 

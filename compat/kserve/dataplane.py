@@ -43,14 +43,18 @@ class DataPlane:
 
     def model_metadata(self, name: str) -> dict[str, Any]:
         self._model(name)
-        task = next(iter(self.engine.capabilities.tasks))
-        return {
+        caps = self.engine.capabilities
+        task = next(iter(caps.tasks))
+        meta: dict[str, Any] = {
             "name": name,
             "versions": None,
             "platform": "hf-gateway/transformers",
             "inputs": [{"name": "input-0", "datatype": "BYTES", "shape": [-1]}],
             "outputs": output_metadata(task, self.options),
         }
+        if caps.labels:  # what the numeric class predictions mean (KServe publishes nothing)
+            meta["parameters"] = {"id2label": {str(i): label for i, label in enumerate(caps.labels)}}
+        return meta
 
     # -- inference ----------------------------------------------------------------------------
 

@@ -39,6 +39,7 @@ class KServeOptions:
     return_label_names: bool = False  # id2label names as an extra `label_names` tensor
     scores_as_numbers: bool = False  # v2 scores as FP64 tensors instead of Python-repr strings
     fill_mask_top_k: int = 0  # fill-mask scores for the k best tokens instead of the whole vocabulary
+    ragged_token_classification: bool = False  # each input's own tokens (v1), -1 padding (v2), not KServe's padded batch
 
 
 @dataclass
@@ -167,38 +168,7 @@ async def predict(
             prediction.v1_outputs = [names]
         return prediction
     if task is Task.token_classification:
-        token_results = await engine.classify_tokens(ids, ctx)
-        if dict_form:
-            per_token = [[_scores(t, options) for t in r.logits] for r in token_results]
-            if options.scores_as_numbers:
-                width = max(len(r) for r in per_token)
-                labels = len(token_results[0].labels) or len(token_results[0].logits[0])
-                cube = [[[d[j] for j in sorted(d)] for d in r] + [[0.0] * labels] * (width - len(r)) for r in per_token]  # type: ignore[union-attr]
-                return Prediction(per_token, [tensor(OUTPUT, "FP64", cube)])
-            return Prediction(per_token, [_repr_tensor(per_token)])
-        rows = [[_argmax(token) for token in r.logits] for r in token_results]
-        width = max(len(r) for r in rows)
-        padded = [[row + [-1] * (width - len(row))] for row in rows]
-        prediction = Prediction([[row] for row in rows], [tensor(OUTPUT, "INT64", padded)])
-        if options.return_label_names:
-            label_rows = [[[r.labels[c] for c in row] + [""] * (width - len(row))] for r, row in zip(token_results, rows)]
-            names = tensor("label_names", "BYTES", label_rows)
-            prediction.v2.append(names)
-            prediction.v1_outputs = [names]
-        if options.return_offsets_mapping:
-            limit = engine.capabilities.max_model_len
-
-            def spans() -> list[list[list[int]]]:
-                out = []
-                for text in texts:
-                    pairs = [list(p) for p in engine.tokenizer.offsets(text, add_special_tokens=options.add_special_tokens)[:limit]]
-                    out.append(pairs + [[-1, -1]] * (width - len(pairs)))
-                return out
-
-            offsets = tensor("offset_mapping", "INT64", await asyncio.to_thread(spans))
-            prediction.v2.append(offsets)
-            prediction.v1_outputs = [offsets]
-        return prediction
+        return await _token_classification(engine, texts, ids, ctx, options, dict_form)
     if task is Task.fill_mask:
         masks = await engine.fill_mask(ids, ctx)
         if options.fill_mask_top_k > 0:
@@ -227,6 +197,48 @@ async def predict(
         words = [tok.decode([_argmax(logits) for logits in r.logits]) for r in masks]
         return Prediction(words, [tensor(OUTPUT, "BYTES", words)])
     raise invalid_input(f"Task {task.value} is not served over the KServe protocol.")
+
+
+async def _token_classification(
+    engine: Engine, texts: list[str], ids: list[list[int]], ctx: RequestContext, options: KServeOptions, dict_form: bool
+) -> Prediction:
+    """KServe's form (the default): every input padded to the batch's longest, the padding
+    positions labelled as the model labels them (as KServe's padded batch does), v1
+    `[[label per position]]`, v2 INT64 [n, 1, width]. `--ragged_token_classification`: each
+    input's own tokens in v1, -1 padding in v2."""
+    width = max(len(x) for x in ids)
+    ragged = options.ragged_token_classification
+    results = await engine.classify_tokens(ids, ctx, pad_to=None if ragged else width)
+    if dict_form:
+        per_token = [[_scores(t, options) for t in r.logits] for r in results]
+        if options.scores_as_numbers:
+            labels = len(results[0].labels) or len(results[0].logits[0])
+            cube = [[[d[j] for j in sorted(d)] for d in r] + [[0.0] * labels] * (width - len(r)) for r in per_token]  # type: ignore[union-attr]
+            return Prediction(per_token, [tensor(OUTPUT, "FP64", cube)])
+        return Prediction(per_token, [_repr_tensor(per_token)])
+    rows = [[_argmax(token) for token in r.logits] for r in results]
+    padded = [[row + [-1] * (width - len(row))] for row in rows]
+    prediction = Prediction([[row] for row in rows], [tensor(OUTPUT, "INT64", padded)])
+    if options.return_label_names:
+        label_rows = [[[r.labels[c] for c in row] + [""] * (width - len(row))] for r, row in zip(results, rows)]
+        names = tensor("label_names", "BYTES", label_rows)
+        prediction.v2.append(names)
+        prediction.v1_outputs = [names]
+    if options.return_offsets_mapping:
+        limit = engine.capabilities.max_model_len
+        filler = [-1, -1] if ragged else [0, 0]  # a fast tokenizer's offsets of padding: (0, 0)
+
+        def spans() -> list[list[list[int]]]:
+            out = []
+            for text in texts:
+                pairs = [list(p) for p in engine.tokenizer.offsets(text, add_special_tokens=options.add_special_tokens)[:limit]]
+                out.append(pairs + [filler] * (width - len(pairs)))
+            return out
+
+        offsets = tensor("offset_mapping", "INT64", await asyncio.to_thread(spans))
+        prediction.v2.append(offsets)
+        prediction.v1_outputs = [offsets]
+    return prediction
 
 
 def output_metadata(task: Task, options: KServeOptions = KServeOptions()) -> list[dict[str, Any]]:

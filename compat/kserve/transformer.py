@@ -178,9 +178,9 @@ class PredictorEngine(LoadedBackend):
     def abort(self, request_id: str) -> None:
         return None  # predictor calls are short and not interruptible
 
-    async def _forward(self, task: Task, inputs: Sequence[Sequence[int]]) -> tuple[torch.Tensor, torch.Tensor]:
+    async def _forward(self, task: Task, inputs: Sequence[Sequence[int]], pad_to: int = 0) -> tuple[torch.Tensor, torch.Tensor]:
         """Pad, send, and return (output reshaped to [batch, ...], attention mask)."""
-        width = max(len(ids) for ids in inputs)
+        width = max(max(len(ids) for ids in inputs), pad_to)
         ids = [list(x) + [self._pad_id] * (width - len(x)) for x in inputs]
         mask = [[1] * len(x) + [0] * (width - len(x)) for x in inputs]
         tensors = {"input_ids": ids, "attention_mask": mask}
@@ -199,10 +199,10 @@ class PredictorEngine(LoadedBackend):
         out, _ = await self._forward(Task.sequence_classification, inputs)
         return [ClassificationResult(tuple(row.tolist()), self._labels, len(ids)) for row, ids in zip(out, inputs)]
 
-    async def classify_tokens(self, inputs: Sequence[Sequence[int]], ctx: RequestContext) -> list[TokenClassificationResult]:
-        out, _ = await self._forward(Task.token_classification, inputs)
+    async def classify_tokens(self, inputs: Sequence[Sequence[int]], ctx: RequestContext, pad_to: int | None = None) -> list[TokenClassificationResult]:
+        out, _ = await self._forward(Task.token_classification, inputs, pad_to or 0)
         return [
-            TokenClassificationResult(tuple(tuple(t) for t in row[: len(ids)].tolist()), self._labels, tuple(ids), len(ids))
+            TokenClassificationResult(tuple(tuple(t) for t in row[: max(len(ids), pad_to or 0)].tolist()), self._labels, tuple(ids), len(ids))
             for row, ids in zip(out, inputs)
         ]
 

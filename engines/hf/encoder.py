@@ -30,6 +30,20 @@ from engines.types import (
 )
 
 
+class _Padded(list):
+    """Token ids followed by padding the model does not attend to: the first `real` are the input."""
+
+    real: int
+
+    @classmethod
+    def of(cls, ids: Sequence[int], width: int, pad_id: int) -> list[int]:
+        if width <= len(ids):
+            return list(ids)
+        padded = cls(list(ids) + [pad_id] * (width - len(ids)))
+        padded.real = len(ids)
+        return padded
+
+
 class HFEncoderEngine(LoadedBackend):
     def __init__(
         self, loaded: LoadedModel, *, served_name: str, batch_wait_ms: float = 5.0, max_batch: int = 64, max_waiting: int = 4096
@@ -90,8 +104,8 @@ class HFEncoderEngine(LoadedBackend):
         outputs = await self._run(inputs)
         return [ClassificationResult(tuple(v), self._labels, len(ids)) for v, ids in zip(outputs, inputs)]
 
-    async def classify_tokens(self, inputs: Sequence[Sequence[int]], ctx: RequestContext) -> list[TokenClassificationResult]:
-        outputs = await self._run(inputs)
+    async def classify_tokens(self, inputs: Sequence[Sequence[int]], ctx: RequestContext, pad_to: int | None = None) -> list[TokenClassificationResult]:
+        outputs = await self._run([_Padded.of(ids, pad_to or 0, self._pad_id) for ids in inputs])
         return [
             TokenClassificationResult(tuple(tuple(row) for row in v), self._labels, tuple(ids), len(ids))
             for v, ids in zip(outputs, inputs)
@@ -113,7 +127,7 @@ class HFEncoderEngine(LoadedBackend):
         mask = torch.zeros((len(batch), width), dtype=torch.long, device=device)
         for row, ids in enumerate(batch):
             input_ids[row, : len(ids)] = torch.tensor(ids, dtype=torch.long)
-            mask[row, : len(ids)] = 1
+            mask[row, : getattr(ids, "real", len(ids))] = 1  # padding asked for by the caller stays masked
         task = self._loaded.task
         with torch.inference_mode():
             out = self._model(input_ids=input_ids, attention_mask=mask)
