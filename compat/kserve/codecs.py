@@ -9,6 +9,7 @@ from typing import Any
 import orjson
 
 from compat.kserve.errors import invalid_input
+from compat.kserve.types import InferRequest, InferTensor
 
 
 def v1_texts(body: Any) -> list[str]:
@@ -18,7 +19,7 @@ def v1_texts(body: Any) -> list[str]:
     items = body.get("instances", body.get("inputs"))
     if not isinstance(items, list) or not items:
         raise invalid_input('Expected "instances" (or "inputs") to be a non-empty list.')
-    return [_text(item, f"instances[{i}]") for i, item in enumerate(items)]
+    return [text(item, f"instances[{i}]") for i, item in enumerate(items)]
 
 
 def v2_texts(body: Any) -> list[str]:
@@ -37,7 +38,7 @@ def v2_texts(body: Any) -> list[str]:
     flat = list(_flatten(data))
     if not flat:
         raise invalid_input(f"Input {tensor.get('name')!r} has no elements.")
-    return [_text(x, f"inputs[0].data[{i}]") for i, x in enumerate(flat)]
+    return [text(x, f"inputs[0].data[{i}]") for i, x in enumerate(flat)]
 
 
 def parameters_of(body: Any, where: str = "parameters") -> dict[str, Any]:
@@ -58,7 +59,7 @@ def _flatten(value: Any) -> Any:
         yield value
 
 
-def _text(value: Any, where: str) -> str:
+def text(value: Any, where: str) -> str:
     if isinstance(value, bytes):
         try:
             value = value.decode("utf-8")
@@ -69,14 +70,20 @@ def _text(value: Any, where: str) -> str:
     return value
 
 
-def tensor(name: str, datatype: str, data: list[Any]) -> dict[str, Any]:
+def tensor(name: str, datatype: str, data: list[Any]) -> InferTensor:
     """A v2 output tensor; the shape is that of the nested list, the data flattened."""
     shape: list[int] = []
     probe: Any = data
     while isinstance(probe, list):
         shape.append(len(probe))
         probe = probe[0] if probe else None
-    return {"name": name, "shape": shape, "datatype": datatype, "parameters": None, "data": list(_flatten(data))}
+    return InferTensor(name, datatype, shape, list(_flatten(data)))
+
+
+def v2_request(body: Any, model_name: str, request_id: str | None = None) -> InferRequest:
+    """A v2 REST body (already JSON) as the typed request; the body's `id` wins over ours."""
+    texts = v2_texts(body)
+    return InferRequest(model_name, texts, parameters_of(body), body.get("id") or request_id)
 
 
 def rounded(value: float, digits: int = 4) -> float:

@@ -5,9 +5,10 @@ from __future__ import annotations
 import uuid
 from typing import Any
 
-from compat.kserve.codecs import parameters_of, v1_texts, v2_texts
+from compat.kserve.codecs import parameters_of, v1_texts
 from compat.kserve.errors import KServeError, model_not_found
-from compat.kserve.tasks import KServeOptions, output_metadata, predict
+from compat.kserve.tasks import KServeOptions, Prediction, output_metadata, predict
+from compat.kserve.types import InferRequest, InferResponse
 from engines import Engine, EngineError
 
 SERVER_NAME = "hf-gateway"
@@ -20,7 +21,7 @@ class DataPlane:
         self.model_name = model_name
         self.options = options
 
-    def _model(self, name: str) -> None:
+    def require_model(self, name: str) -> None:
         if name != self.model_name:
             raise model_not_found(name)
 
@@ -36,13 +37,13 @@ class DataPlane:
         return [self.model_name]
 
     async def model_ready(self, name: str) -> dict[str, Any]:
-        self._model(name)
+        self.require_model(name)
         if not await self.ready():
             raise KServeError(503, f"Model with name {name} is not ready.")
         return {"name": name, "ready": True}
 
     def model_metadata(self, name: str) -> dict[str, Any]:
-        self._model(name)
+        self.require_model(name)
         caps = self.engine.capabilities
         task = next(iter(caps.tasks))
         meta: dict[str, Any] = {
@@ -58,36 +59,22 @@ class DataPlane:
 
     # -- inference ----------------------------------------------------------------------------
 
-    async def infer_v1(self, name: str, body: Any) -> dict[str, Any]:
-        self._model(name)
-        texts = v1_texts(body)
+    async def _predict(self, texts: list[str], parameters: dict[str, Any]) -> Prediction:
         try:
-            result = await predict(self.engine, texts, parameters_of(body), self.options)
+            return await predict(self.engine, texts, parameters, self.options)
         except EngineError as exc:
             raise KServeError.from_engine(exc) from None
+
+    async def infer_v1(self, name: str, body: Any) -> dict[str, Any]:
+        self.require_model(name)
+        result = await self._predict(v1_texts(body), parameters_of(body))
         body_out: dict[str, Any] = {"predictions": result.v1}
         if result.v1_outputs:
-            body_out["outputs"] = result.v1_outputs  # KServe puts offset_mapping next to predictions
+            body_out["outputs"] = [t.to_json() for t in result.v1_outputs]  # KServe puts offset_mapping next to predictions
         return body_out
 
-    async def infer_v2(self, name: str, body: Any, request_id: str | None = None) -> dict[str, Any]:
-        self._model(name)
-        texts = v2_texts(body)
-        return await self.infer_texts(name, texts, parameters_of(body), body.get("id") or request_id)
-
-    async def infer_texts(
-        self, name: str, texts: list[str], parameters: dict[str, Any] | None, request_id: str | None
-    ) -> dict[str, Any]:
-        """The v2 response for already-decoded text inputs (shared by REST and gRPC)."""
-        self._model(name)
-        try:
-            result = await predict(self.engine, texts, parameters, self.options)
-        except EngineError as exc:
-            raise KServeError.from_engine(exc) from None
-        return {
-            "model_name": name,
-            "model_version": None,
-            "id": request_id or str(uuid.uuid4()),
-            "parameters": None,
-            "outputs": result.v2,
-        }
+    async def infer(self, request: InferRequest) -> InferResponse:
+        """One v2 inference, the same for REST and gRPC."""
+        self.require_model(request.model_name)
+        result = await self._predict(request.texts, request.parameters)
+        return InferResponse(request.model_name, request.id or str(uuid.uuid4()), result.v2)

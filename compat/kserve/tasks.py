@@ -20,6 +20,7 @@ import orjson
 
 from compat.kserve.codecs import tensor
 from compat.kserve.errors import invalid_input
+from compat.kserve.types import InferTensor
 from engines import Engine, GenerationParams, RequestContext
 from engines.frontend import run_parts
 from engines.tasks import Task
@@ -45,8 +46,8 @@ class KServeOptions:
 @dataclass
 class Prediction:
     v1: list[Any]  # one prediction per instance
-    v2: list[dict[str, Any]]  # output tensors
-    v1_outputs: list[dict[str, Any]] | None = None  # extra tensors next to v1 predictions (offsets)
+    v2: list[InferTensor]  # output tensors
+    v1_outputs: list[InferTensor] | None = None  # extra tensors next to v1 predictions (offsets)
 
 
 def _argmax(values: Any) -> int:
@@ -123,7 +124,7 @@ def _scores(logits: Any, options: KServeOptions) -> dict[int, float] | None:
     return None
 
 
-def _repr_tensor(values: list[Any]) -> dict[str, Any]:
+def _repr_tensor(values: list[Any]) -> InferTensor:
     """KServe sends dict-shaped results over v2 as BYTES strings of the Python repr."""
     return tensor(OUTPUT, "BYTES", [repr(v) for v in values])
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 from fastapi import APIRouter, Request
 from starlette.responses import Response
 
-from compat.kserve.codecs import BINARY_HEADER, encode_binary_response, split_binary_request, wants_binary
+from compat.kserve.codecs import BINARY_HEADER, encode_binary_response, split_binary_request, v2_request, wants_binary
 from compat.kserve.dataplane import DataPlane
 from compat.kserve.errors import KServeError
 from compat.kserve.http import JSON, Guard, json_body, unguarded
@@ -49,8 +49,10 @@ def build_v2_router(plane: DataPlane, guard: Guard = unguarded) -> APIRouter:
             body = split_binary_request(await request.body(), header_length)
         else:
             body = await json_body(request)
+        plane.require_model(name)
         which = wants_binary(body)  # before inference: a malformed request costs nothing
-        response = await guard(request, plane.infer_v2(name, body, rid))
+        typed = v2_request(body, name, rid)
+        response = (await guard(request, plane.infer(typed))).to_json()
         if not which:
             return JSON(response)
         payload, length = encode_binary_response(response, which)

@@ -5,7 +5,8 @@ from __future__ import annotations
 import struct
 from typing import Any
 
-from compat.kserve.codecs import pack_bytes, unpack_bytes
+from compat.kserve.codecs import pack_bytes, text, unpack_bytes
+from compat.kserve.types import InferRequest, InferResponse
 from compat.kserve.errors import invalid_input
 from compat.kserve.grpc.generated import grpc_predict_v2_pb2 as pb
 
@@ -21,6 +22,12 @@ CONTENTS_FIELD = {
     "BYTES": "bytes_contents",
 }
 _RAW_FORMAT = {"INT64": "q", "INT32": "i", "FP64": "d", "FP32": "f", "BOOL": "?"}
+
+
+def infer_request(request: pb.ModelInferRequest) -> InferRequest:
+    """The protobuf request as the typed v2 request (texts decoded as REST decodes them)."""
+    texts = [text(item, f"inputs[0].contents[{i}]") for i, item in enumerate(request_texts(request))]
+    return InferRequest(request.model_name, texts, request_parameters(request), request.id or None)
 
 
 def request_texts(request: pb.ModelInferRequest) -> list[bytes | str]:
@@ -50,22 +57,22 @@ def request_parameters(request: pb.ModelInferRequest) -> dict[str, Any]:
             if value.WhichOneof("parameter_choice")}
 
 
-def response_message(body: dict[str, Any], *, raw: bool) -> pb.ModelInferResponse:
-    """A v2 response dict (as the REST face returns it) as protobuf; raw contents if asked."""
-    response = pb.ModelInferResponse(model_name=body["model_name"], model_version=body["model_version"] or "", id=body["id"])
-    for out in body["outputs"]:
-        tensor = response.outputs.add(name=out["name"], datatype=out["datatype"], shape=out["shape"])
-        data = out["data"]
+def response_message(infer: InferResponse, *, raw: bool) -> pb.ModelInferResponse:
+    """The typed v2 response as protobuf; raw contents if asked."""
+    response = pb.ModelInferResponse(model_name=infer.model_name, model_version=infer.model_version or "", id=infer.id)
+    for out in infer.outputs:
+        tensor = response.outputs.add(name=out.name, datatype=out.datatype, shape=out.shape)
+        data = out.data
         if raw:
-            if out["datatype"] == "BYTES":
+            if out.datatype == "BYTES":
                 response.raw_output_contents.append(pack_bytes([str(x).encode() for x in data]))
             else:
-                fmt = _RAW_FORMAT[out["datatype"]]
+                fmt = _RAW_FORMAT[out.datatype]
                 response.raw_output_contents.append(struct.pack(f"<{len(data)}{fmt}", *data))
-        elif out["datatype"] == "BYTES":
+        elif out.datatype == "BYTES":
             tensor.contents.bytes_contents.extend(str(x).encode() for x in data)
         else:
-            getattr(tensor.contents, CONTENTS_FIELD[out["datatype"]]).extend(data)
+            getattr(tensor.contents, CONTENTS_FIELD[out.datatype]).extend(data)
     return response
 
 

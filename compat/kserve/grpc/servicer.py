@@ -11,7 +11,6 @@ import grpc
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection
 
-from compat.kserve.codecs import v2_texts
 from compat.kserve.dataplane import DataPlane
 from compat.kserve.errors import KServeError
 from compat.kserve.grpc import convert
@@ -72,10 +71,8 @@ class InferenceServicer(pb_grpc.GRPCInferenceServiceServicer):
             if request.model_version:
                 raise KServeError(501, "Model versioning not supported yet.")
             # Text elements go through the same decoding (UTF-8, non-empty) as REST.
-            items = convert.request_texts(request)
-            texts = v2_texts({"inputs": [{"name": request.inputs[0].name, "datatype": "BYTES", "data": items}]})
-            body = await self.plane.infer_texts(request.model_name, texts, convert.request_parameters(request), request.id or None)
-            return convert.response_message(body, raw=bool(request.raw_input_contents))
+            response = await self.plane.infer(convert.infer_request(request))
+            return convert.response_message(response, raw=bool(request.raw_input_contents))
         except KServeError as exc:
             await _abort(context, exc)
             raise
