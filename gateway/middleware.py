@@ -19,11 +19,11 @@ import logging
 import math
 import uuid
 from dataclasses import dataclass
-from typing import Any
 
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from gateway.auth import ApiKeys
+from gateway.faces import Face, Faces
 from gateway.lifecycle import SHUTDOWN_MESSAGE, Lifecycle
 from gateway.observability import Metrics, RequestRecord, current_request, finish_record, safe_request_id
 
@@ -38,23 +38,9 @@ def request_id_of(scope: Scope) -> str:
     return scope.get("state", {}).get("request_id", "")
 
 
-def is_openai_path(path: str) -> bool:
-    return path.startswith("/openai") or path in ("/tokenize", "/detokenize")
-
-
 def is_playground_path(path: str) -> bool:
     """The playground's own files: a page anyone may load (its API calls carry the key)."""
     return path == "/playground" or path.startswith("/playground/")
-
-
-def face_of(path: str) -> str:
-    if is_openai_path(path):
-        return "openai"
-    if path.startswith("/v2"):
-        return "v2"
-    if path.startswith("/v1"):
-        return "v1"
-    return "other"
 
 
 @dataclass(frozen=True)
@@ -67,24 +53,20 @@ class HttpPolicy:
     access_log: bool = True
 
 
-def error_response(path: str, status: int, message: str, code: str, headers: dict[str, str] | None = None) -> tuple[int, bytes, list[tuple[bytes, bytes]]]:
-    """A ready-made error in the face's envelope: OpenAI's for OpenAI routes, KServe's elsewhere."""
-    if is_openai_path(path):
-        kind = "authentication_error" if status == 401 else "server_error" if status >= 500 else "invalid_request_error"
-        body: Any = {"error": {"message": message, "type": kind, "param": None, "code": code}}
-    else:
-        body = {"error": message}
-    raw = json.dumps(body).encode()
+def error_response(face: Face, status: int, message: str, code: str, headers: dict[str, str] | None = None) -> tuple[int, bytes, list[tuple[bytes, bytes]]]:
+    """A ready-made error in the face's own envelope."""
+    raw = json.dumps(face.render(status, message, code)).encode()
     out = [(b"content-type", b"application/json"), (b"content-length", str(len(raw)).encode())]
     out += [(k.lower().encode(), v.encode()) for k, v in (headers or {}).items()]
     return status, raw, out
 
 
 class GatewayMiddleware:
-    def __init__(self, app: ASGIApp, *, policy: HttpPolicy, metrics: Metrics, lifecycle: Lifecycle | None = None) -> None:
+    def __init__(self, app: ASGIApp, *, policy: HttpPolicy, metrics: Metrics, faces: Faces, lifecycle: Lifecycle | None = None) -> None:
         self.app = app
         self.policy = policy
         self.metrics = metrics
+        self.faces = faces
         self.lifecycle = lifecycle or Lifecycle()
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
@@ -98,6 +80,7 @@ class GatewayMiddleware:
         state["lifecycle"] = lifecycle = self.lifecycle
         encoded = rid.encode("latin-1")
         path = scope["path"]
+        face = self.faces.of(path)
         record = RequestRecord(request_id=rid, route=f"{scope['method']} {path}")
         task: asyncio.Task | None = None
 
@@ -111,7 +94,7 @@ class GatewayMiddleware:
             await send(message)
 
         async def refuse(status: int, message: str, code: str, extra: dict[str, str] | None = None) -> None:
-            status, body, out = error_response(path, status, message, code, extra)
+            status, body, out = error_response(face, status, message, code, extra)
             await send_with_id({"type": "http.response.start", "status": status, "headers": out})
             await send_with_id({"type": "http.response.body", "body": body})
 
@@ -197,4 +180,4 @@ class GatewayMiddleware:
                 current_request.reset(token)
         finally:
             if path not in ("/metrics", "/health", "/ready") and not is_playground_path(path):  # probes, scrapes and page files are not requests
-                finish_record(record, self.metrics, face=face_of(path), log_format=policy.log_format if policy.access_log else None)
+                finish_record(record, self.metrics, face=face.name, log_format=policy.log_format if policy.access_log else None)

@@ -5,48 +5,33 @@ from __future__ import annotations
 import contextlib
 import logging
 import sys
-import time
 from collections.abc import AsyncIterator, Sequence
 from typing import Any, NoReturn
 
 from fastapi import FastAPI, Request
-from fastapi.exceptions import RequestValidationError
 from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.responses import Response
 
-from compat.kserve.dataplane import DataPlane
-from compat.kserve.errors import KServeError
-from compat.kserve.tasks import KServeOptions
-from compat.kserve.v1 import build_v1_router
-from compat.kserve.v2_rest import build_v2_router
-from engines import Engine, EngineError
+from engines import Engine
 from engines.frontend import EngineFrontend, RequestLimits
-from engines.template_pool import TemplateLimits
 from engines.threads import ThreadPlan, apply_torch
 from engines.loader import ModelSpec, load_model
 from engines.selection import EngineOptions, EngineStartError, UnknownEngineFlags, model_errors_stop_startup, select_engine
 from gateway.auth import ApiKeys
-from gateway.disconnect import ClientDisconnected, cancel_on_disconnect
+from gateway.disconnect import ClientDisconnected
+from gateway.faces import Faces
+from gateway.kserve_face import mount_kserve
+from gateway.openai.mount import mount_openai
+from gateway.operations import mount_operations
 from gateway.http_protocol import ConnectionLimits
 from gateway.lifecycle import Lifecycle
 from gateway.middleware import GatewayMiddleware, HttpPolicy
 from gateway.observability import Metrics, ObservedEngine, current_request
-from gateway.playground import build_playground_router, playground_redirect, wants_html
-from gateway.openai.errors import OpenAIError, from_exception, from_validation_errors
-from gateway.openai.protocol import SamplingDefaults
-from gateway.openai.routes import JSONResponse, build_router, build_tokenizer_router
-from gateway.openai.services.chat import ChatService
-from gateway.openai.services.common import OpenAIConfig
-from gateway.openai.services.completions import CompletionService
-from gateway.openai.services.embeddings import EmbeddingService
-from gateway.openai.services.models import ModelService
-from gateway.openai.services.tokenize import TokenizeService
+from gateway.openai.routes import JSONResponse
 from gateway.runner import GatewayServer, Listen, PortError, bind_ports
 from gateway.settings import Settings, apply_process_env
 
 log = logging.getLogger("gateway")
-
-OPENAI_PREFIX = "/openai"
 
 
 class StartupError(RuntimeError):
@@ -135,63 +120,16 @@ def request_limits(settings: Settings) -> RequestLimits:
     )
 
 
-def openai_config(settings: Settings) -> OpenAIConfig:
-    defaults = SamplingDefaults(
-        temperature=1.0 if settings.default_temperature is None else settings.default_temperature,
-        top_p=1.0 if settings.default_top_p is None else settings.default_top_p,
-        top_k=0 if settings.default_top_k is None else settings.default_top_k,
-        max_output_tokens=settings.max_output_tokens,
-    )
-    return OpenAIConfig(
-        served_name=settings.model_name,
-        defaults=defaults,
-        ping_interval=settings.stream_ping_interval,
-        log_requests=settings.log_prompts and not settings.disable_log_requests,
-        max_log_len=settings.max_log_len,
-        max_n=settings.max_n,
-        max_logprobs=settings.max_logprobs,
-        trust_request_chat_template=settings.trust_request_chat_template,
-    )
-
-
-def _is_openai(request: Request) -> bool:
-    path = request.url.path
-    return path.startswith(OPENAI_PREFIX) or path in ("/tokenize", "/detokenize")
-
-
-def _openai_response(err: OpenAIError) -> Response:
-    return JSONResponse(err.body(), status_code=err.status, headers=err.headers)
-
-
-def install_error_handlers(app: FastAPI) -> None:
-    """Every error leaves in its face's envelope; no tracebacks in bodies."""
-
-    @app.exception_handler(OpenAIError)
-    async def _openai_error(request: Request, exc: OpenAIError) -> Response:
-        return _openai_response(exc)
-
-    @app.exception_handler(KServeError)
-    async def _kserve_error(request: Request, exc: KServeError) -> Response:
-        return JSONResponse(exc.body(), status_code=exc.status, headers=exc.headers)
-
-    @app.exception_handler(EngineError)
-    async def _engine_error(request: Request, exc: EngineError) -> Response:
-        if not _is_openai(request):
-            mapped = KServeError.from_engine(exc)
-            return JSONResponse(mapped.body(), status_code=mapped.status, headers=mapped.headers)
-        return _openai_response(from_exception(exc))
-
-    @app.exception_handler(RequestValidationError)
-    async def _validation_error(request: Request, exc: RequestValidationError) -> Response:
-        return _openai_response(from_validation_errors(exc.errors()))
+def install_error_handlers(app: FastAPI, faces: Faces) -> None:
+    """What no face's route decided: unknown paths and methods, in the envelope of the face the
+    path belongs to (each face maps its own errors in its routes), and clients that left."""
 
     @app.exception_handler(StarletteHTTPException)
     async def _http_error(request: Request, exc: StarletteHTTPException) -> Response:
-        if not _is_openai(request):
-            return JSONResponse({"detail": exc.detail}, status_code=exc.status_code, headers=exc.headers)
         code = {404: "not_found", 405: "method_not_allowed"}.get(exc.status_code, "invalid_request")
         message = f"{request.method} {request.url.path}: {exc.detail}"
-        return _openai_response(OpenAIError(exc.status_code, message, code=code, headers=exc.headers))
+        body = faces.of(request.url.path).render(exc.status_code, message, code)
+        return JSONResponse(body, status_code=exc.status_code, headers=exc.headers)
 
     @app.exception_handler(ClientDisconnected)
     async def _disconnected(request: Request, exc: ClientDisconnected) -> Response:
@@ -202,24 +140,11 @@ def install_error_handlers(app: FastAPI) -> None:
 
 
 def create_app(settings: Settings, engine: Engine) -> FastAPI:
+    """Wiring only: the measured engine, the middleware, each face mounted by its own function."""
     metrics = Metrics(settings.model_name)
     metrics.watch_engine(engine)
     engine = ObservedEngine(engine, metrics, request_limits(settings))  # every face below is measured and limited the same way
     keys = read_api_keys(settings)
-    plane = DataPlane(
-        engine,
-        settings.model_name,
-        KServeOptions(
-            return_probabilities=settings.return_probabilities,
-            return_raw_logits=settings.return_raw_logits,
-            add_special_tokens=not settings.disable_special_tokens,
-            return_offsets_mapping=settings.return_offsets_mapping,
-            return_label_names=settings.return_label_names,
-            scores_as_numbers=settings.scores_as_numbers,
-            fill_mask_top_k=settings.fill_mask_top_k,
-            ragged_token_classification=settings.ragged_token_classification,
-        ),
-    )
 
     @contextlib.asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
@@ -231,21 +156,9 @@ def create_app(settings: Settings, engine: Engine) -> FastAPI:
             engine.tokenizer.close()
 
     app = FastAPI(title="hf-gateway", version="0.1.0", docs_url=None, redoc_url=None, lifespan=lifespan)
-    app.state.engine = engine
-    app.state.settings = settings
-    app.state.metrics = metrics
-    app.state.plane = plane
-    app.state.keys = keys
-    app.state.lifecycle = lifecycle = Lifecycle()
-    policy = HttpPolicy(
-        keys=keys,
-        protect_open_paths=settings.auth_health_and_metrics,
-        max_body_bytes=settings.max_request_body_bytes,
-        default_timeout=settings.request_timeout,
-        log_format=settings.log_format,
-        access_log=not settings.disable_log_requests,
-    )
-    app.add_middleware(GatewayMiddleware, policy=policy, metrics=metrics, lifecycle=lifecycle)
+    faces = Faces()
+    lifecycle = Lifecycle()
+    app.add_middleware(GatewayMiddleware, policy=http_policy(settings, keys), metrics=metrics, faces=faces, lifecycle=lifecycle)
     if settings.cors_allowed_origins:
         from starlette.middleware.cors import CORSMiddleware
 
@@ -254,58 +167,32 @@ def create_app(settings: Settings, engine: Engine) -> FastAPI:
             CORSMiddleware, allow_origins=list(settings.cors_allowed_origins), allow_methods=["GET", "POST", "OPTIONS"],
             allow_headers=["*"], expose_headers=["x-request-id"], max_age=600,
         )
-    install_error_handlers(app)
+    install_error_handlers(app, faces)
 
-    engine.tokenizer.configure_templates(
-        TemplateLimits(timeout_s=settings.chat_template_timeout, memory_mb=settings.chat_template_memory_mb)
-    )
-    config = openai_config(settings)
-    chat = ChatService(engine, config)
-    router = build_router(
-        chat,
-        CompletionService(engine, config),
-        EmbeddingService(engine, config),
-        ModelService(engine, config, created=int(time.time())),
-    )
-    app.include_router(router, prefix=f"{OPENAI_PREFIX}/v1")
-    tokenizer_router = build_tokenizer_router(TokenizeService(chat))
-    app.include_router(tokenizer_router, prefix=OPENAI_PREFIX)
-    app.include_router(tokenizer_router)
-    app.include_router(build_v1_router(plane, guard=cancel_on_disconnect))
-    app.include_router(build_v2_router(plane, guard=cancel_on_disconnect))
+    faces.add(mount_openai(app, engine, settings))
+    plane, kserve = mount_kserve(app, engine, settings)
+    for face in kserve:
+        faces.add(face)
+    mount_operations(app, engine, settings, metrics, lifecycle)
 
-    if not settings.disable_playground:
-        app.include_router(build_playground_router())
-
-    @app.get("/")
-    async def liveness(request: Request) -> Response:
-        """KServe's liveness JSON; a browser navigating here is sent to the playground."""
-        if not settings.disable_playground and wants_html(request):
-            return playground_redirect()
-        return JSONResponse({"status": "alive"})
-
-    @app.get("/health")
-    async def health() -> Response:
-        """Liveness of the engine itself (its scheduler thread or worker)."""
-        ok = await engine.check_health()
-        return JSONResponse({"healthy": ok}, status_code=200 if ok else 503)
-
-    @app.get("/metrics")
-    async def prometheus_metrics() -> Response:
-        from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
-
-        return Response(generate_latest(metrics.registry), media_type=CONTENT_TYPE_LATEST)
-
-    @app.get("/ready")
-    async def ready() -> Response:
-        """Ready to take more work: healthy, not shutting down, and its waiting queue is not full."""
-        ok = await engine.check_health()
-        stats = engine.stats()
-        draining = lifecycle.draining
-        body = {**stats.as_dict(), "ready": ok and not stats.saturated and not draining, "draining": draining}
-        return JSONResponse(body, status_code=200 if body["ready"] else 503, headers={} if body["ready"] else {"Retry-After": "1"})
-
+    app.state.engine = engine
+    app.state.settings = settings
+    app.state.metrics = metrics
+    app.state.plane = plane
+    app.state.keys = keys
+    app.state.lifecycle = lifecycle
     return app
+
+
+def http_policy(settings: Settings, keys: ApiKeys) -> HttpPolicy:
+    return HttpPolicy(
+        keys=keys,
+        protect_open_paths=settings.auth_health_and_metrics,
+        max_body_bytes=settings.max_request_body_bytes,
+        default_timeout=settings.request_timeout,
+        log_format=settings.log_format,
+        access_log=not settings.disable_log_requests,
+    )
 
 
 def build_grpc_server(app: FastAPI) -> Any:

@@ -23,6 +23,7 @@ from hypothesis import strategies as st
 from compat.kserve import codecs
 from compat.kserve.errors import KServeError
 from compat.kserve.grpc import convert
+from compat.kserve.types import InferResponse, InferTensor
 from compat.kserve.grpc.generated import grpc_predict_v2_pb2 as pb
 from tests.conftest import make_app
 
@@ -126,7 +127,8 @@ def test_grpc_responses_round_trip(datatypes, raw, data):
     for i, dt in enumerate(datatypes):
         items = data.draw(st.lists(values[dt], max_size=4))
         outputs.append({"name": f"out-{i}", "datatype": dt, "shape": [len(items)], "data": items})
-    message = convert.response_message({"model_name": "m", "model_version": None, "id": "x", "outputs": outputs}, raw=raw)
+    typed = InferResponse("m", "x", [InferTensor(o["name"], o["datatype"], o["shape"], o["data"]) for o in outputs])
+    message = convert.response_message(typed, raw=raw)
     assert [o.name for o in message.outputs] == [o["name"] for o in outputs]
     if raw:
         for out, blob in zip(outputs, message.raw_output_contents):

@@ -121,7 +121,7 @@ async def test_context_length_message_keeps_vllms_wording(http):
 async def test_unknown_routes_and_methods(http):
     envelope(await http.get("/openai/v1/nope"), 404, "not_found", None)
     envelope(await http.get("/openai/v1/chat/completions"), 405, "method_not_allowed", None)
-    assert (await http.get("/not-openai")).json() == {"detail": "Not Found"}
+    assert (await http.get("/not-openai")).json() == {"error": "GET /not-openai: Not Found"}  # KServe/Triton's envelope
 
 
 async def test_sdk_raises_typed_errors(client):

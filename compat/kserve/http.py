@@ -7,9 +7,11 @@ from typing import Any, TypeVar
 
 import orjson
 from fastapi import Request
+from fastapi.routing import APIRoute
 from starlette.responses import Response
 
-from compat.kserve.errors import invalid_input
+from compat.kserve.errors import KServeError, invalid_input
+from engines import EngineError
 
 
 T = TypeVar("T")
@@ -35,3 +37,20 @@ async def json_body(request: Request) -> Any:
         return orjson.loads(raw)
     except orjson.JSONDecodeError as exc:
         raise invalid_input(f"Unrecognized request format: {exc}") from None
+
+
+class KServeRoute(APIRoute):
+    """Every KServe REST route: errors leave in KServe's `{"error": ...}` envelope, the engine's
+    through the one table in `errors.py`, refusals that may be retried with `Retry-After`."""
+
+    def get_route_handler(self) -> Any:
+        handler = super().get_route_handler()
+
+        async def kserve_route(request: Request) -> Response:
+            try:
+                return await handler(request)
+            except (KServeError, EngineError) as exc:
+                err = exc if isinstance(exc, KServeError) else KServeError.from_engine(exc)
+            return JSON(err.body(), status_code=err.status, headers=err.headers)
+
+        return kserve_route

@@ -6,11 +6,11 @@ from fastapi import APIRouter, Request
 from starlette.responses import Response
 
 from compat.kserve.dataplane import DataPlane
-from compat.kserve.http import JSON, Guard, json_body, unguarded
+from compat.kserve.http import JSON, Guard, KServeRoute, json_body, unguarded
 
 
 def build_v1_router(plane: DataPlane, guard: Guard = unguarded) -> APIRouter:
-    router = APIRouter()
+    router = APIRouter(route_class=KServeRoute)
 
     # -- v1 -----------------------------------------------------------------------------------
 

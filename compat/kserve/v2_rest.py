@@ -8,11 +8,11 @@ from starlette.responses import Response
 from compat.kserve.codecs import BINARY_HEADER, encode_binary_response, split_binary_request, v2_request, wants_binary
 from compat.kserve.dataplane import DataPlane
 from compat.kserve.errors import KServeError
-from compat.kserve.http import JSON, Guard, json_body, unguarded
+from compat.kserve.http import JSON, Guard, KServeRoute, json_body, unguarded
 
 
 def build_v2_router(plane: DataPlane, guard: Guard = unguarded) -> APIRouter:
-    router = APIRouter()
+    router = APIRouter(route_class=KServeRoute)
 
     # -- v2 -----------------------------------------------------------------------------------
 

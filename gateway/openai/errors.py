@@ -80,6 +80,12 @@ def internal_error() -> OpenAIError:
     return OpenAIError(500, "The server had an error while processing your request.", type="server_error", code="internal_error")
 
 
+def error_body(status: int, message: str, code: str) -> dict[str, Any]:
+    """The OpenAI envelope for an error decided outside the face's routes (key, size, drain, fault)."""
+    kind = "authentication_error" if status == 401 else "server_error" if status >= 500 else "invalid_request_error"
+    return {"error": {"message": message, "type": kind, "param": None, "code": code}}
+
+
 def from_exception(exc: BaseException) -> OpenAIError:
     if isinstance(exc, OpenAIError):
         return exc

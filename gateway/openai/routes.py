@@ -8,11 +8,13 @@ import re
 
 import orjson
 from fastapi import APIRouter, Request
+from fastapi.exceptions import RequestValidationError
 from fastapi.routing import APIRoute
 from starlette.responses import Response
 
+from engines import EngineError
 from gateway.disconnect import cancel_on_disconnect
-from gateway.openai.errors import from_exception
+from gateway.openai.errors import OpenAIError, from_exception, from_validation_errors
 from gateway.openai.protocol import ChatCompletionRequest, CompletionRequest, ignored_params
 from gateway.openai.services.chat import ChatService
 from gateway.openai.services.completions import CompletionService
@@ -34,18 +36,25 @@ class _StrictJSONRequest(Request):
         return self._json
 
 
-class StrictJSONRoute(APIRoute):
-    """Request bodies parsed as strict JSON (orjson): no NaN or Infinity, no lone surrogates, no
-    integers past 64 bits, at most 1024 levels. FastAPI turns a failure into a validation error,
-    which every face answers as a 400 `invalid_json`."""
+class OpenAIRoute(APIRoute):
+    """Every route of the OpenAI face. Request bodies are parsed as strict JSON (orjson): no NaN or
+    Infinity, no lone surrogates, no integers past 64 bits, at most 1024 levels (FastAPI turns a
+    failure into a validation error: a 400 `invalid_json`). Errors leave in OpenAI's envelope, mapped
+    here, once for the face: its own, the engine's (one table, `errors.py`) and FastAPI's."""
 
     def get_route_handler(self) -> Any:
         handler = super().get_route_handler()
 
-        async def strict(request: Request) -> Response:
-            return await handler(_StrictJSONRequest(request.scope, request.receive))
+        async def openai_route(request: Request) -> Response:
+            try:
+                return await handler(_StrictJSONRequest(request.scope, request.receive))
+            except RequestValidationError as exc:
+                err = from_validation_errors(exc.errors())
+            except (OpenAIError, EngineError) as exc:
+                err = from_exception(exc)
+            return JSONResponse(err.body(), status_code=err.status, headers=err.headers)
 
-        return strict
+        return openai_route
 
 
 class JSONResponse(Response):
@@ -74,7 +83,7 @@ def _headers(body: Any) -> dict[str, str]:
 def build_router(
     chat: ChatService, completions: CompletionService, embeddings: EmbeddingService, models: ModelService
 ) -> APIRouter:
-    router = APIRouter(route_class=StrictJSONRoute)
+    router = APIRouter(route_class=OpenAIRoute)
     ping = chat.config.ping_interval
 
     async def respond(request: Request, body: Any, service: ChatService | CompletionService) -> Response:
@@ -111,7 +120,7 @@ def build_router(
 
 def build_tokenizer_router(service: TokenizeService) -> APIRouter:
     """Mounted at /openai and at the root, where `vllm bench serve` looks for it."""
-    router = APIRouter(route_class=StrictJSONRoute)
+    router = APIRouter(route_class=OpenAIRoute)
 
     @router.post("/tokenize")
     async def tokenize(body: TokenizeRequest) -> Response:
