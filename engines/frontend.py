@@ -22,11 +22,11 @@ import threading
 import time
 import weakref
 from collections.abc import AsyncIterator, Callable, Collection, Sequence
-from dataclasses import dataclass, replace
 from typing import Any
 
 from engines.channel import DeltaChannel
 from engines.errors import EngineError, ErrorCode, deadline_exceeded
+from engines.options import RequestLimits
 from engines.tasks import Task
 from engines.tokenizer import Tokenizer
 from engines.types import (
@@ -44,18 +44,6 @@ from engines.validation import validate_encoder_inputs, validate_generation
 
 GENERATIVE_TASKS = (Task.text_generation, Task.text2text_generation)
 MAX_ENCODER_INPUTS = 2048  # inputs of one embed / classify / fill-mask request (OpenAI's embeddings limit)
-
-
-@dataclass(frozen=True)
-class RequestLimits:
-    """The operator's bounds on one generation request, the same on every face. Each refusal is a
-    400 naming the parameter (in the engine's neutral names; a face may rename them)."""
-
-    max_parts: int = 64  # prompts x choices (OpenAI), instances (v1), batch rows (v2, gRPC)
-    max_prompt_tokens: int | None = None
-    max_total_tokens: int | None = None  # generated tokens over every part
-    max_scored_prompt_tokens: int = 8192  # prompt tokens scored (echo + logprobs) over every part
-    max_stop_length: int = 256
 
 
 class _Gate:
@@ -187,8 +175,8 @@ class EngineFrontend:
         """The operator's limits on one request (each a 400 naming the parameter)."""
         parts = len(prompts) * choices
         slots = self._gate.slots()
-        if parts > min(limits.max_parts, slots):
-            cap = min(limits.max_parts, slots)
+        if parts > min(limits.max_request_parts, slots):
+            cap = min(limits.max_request_parts, slots)
             raise EngineError(
                 ErrorCode.INVALID_REQUEST,
                 f"This request has {parts} parts ({len(prompts)} prompt(s) x {choices} choice(s)); this server runs at most "
@@ -336,10 +324,6 @@ async def run_parts(parts: Collection[Any]) -> list[Any]:
         for task in tasks:
             task.cancel()
         await asyncio.gather(*tasks, return_exceptions=True)
-
-
-def with_admission(ctx: RequestContext, admission: Admission) -> RequestContext:
-    return replace(ctx, admission=admission)
 
 
 __all__ = ["Admission", "EngineFrontend", "RequestLimits", "run_parts"]

@@ -10,15 +10,12 @@ from __future__ import annotations
 import contextlib
 import logging
 from collections.abc import Iterator
-from dataclasses import dataclass
 
 from engines.frontend import EngineFrontend
+from engines.options import BACKENDS, EngineOptions
 from engines.loader import LoadedModel, ModelNotFoundError, ModelSpec, load_model
 
 log = logging.getLogger("gateway")
-
-BACKENDS = ("auto", "huggingface", "vllm")
-
 
 class EngineStartError(RuntimeError):
     """A problem that stops the engine from loading; its message is shown to the user as is.
@@ -35,22 +32,6 @@ class UnknownEngineFlags(EngineStartError):
     def __init__(self, hint: str = "") -> None:
         super().__init__("unknown flags", usage=True)
         self.hint = hint
-
-
-@dataclass(frozen=True)
-class EngineOptions:
-    """The serving flags the engines read (their section of the settings)."""
-
-    backend: str = "auto"
-    max_num_seqs: int = 32
-    max_waiting: int = 256
-    kv_cache_memory_gb: float = 4.0
-    encoder_batch_wait_ms: float = 5.0
-    encoder_max_batch: int = 64
-    cpu_threads: int | None = None
-    adaptive_threads: bool = True
-    engine_argv: tuple[str, ...] = ()  # flags we do not define: vLLM's own engine arguments
-    lora_modules: tuple[str, ...] = ()
 
 
 @contextlib.contextmanager
@@ -79,7 +60,7 @@ def select_engine(spec: ModelSpec, served_name: str, options: EngineOptions) -> 
         if options.backend == "vllm":
             raise EngineStartError(f"Backend is set to 'vllm' but {reason}.")
         reason = f"--backend auto: {reason}"
-    if options.engine_argv:
+    if options.engine_args:
         hint = "" if options.backend == "huggingface" else " (vLLM engine flags are accepted only when the vLLM engine serves)"
         raise UnknownEngineFlags(hint)
     if options.lora_modules:
@@ -91,7 +72,7 @@ def select_engine(spec: ModelSpec, served_name: str, options: EngineOptions) -> 
         return load_engine(
             spec, served_name=served_name, max_num_seqs=options.max_num_seqs, max_waiting=options.max_waiting,
             kv_cache_memory_gb=options.kv_cache_memory_gb, encoder_batch_wait_ms=options.encoder_batch_wait_ms,
-            encoder_max_batch=options.encoder_max_batch, cpu_threads=options.cpu_threads, adaptive_threads=options.adaptive_threads,
+            encoder_max_batch=options.encoder_max_batch, cpu_threads=options.cpu_threads, adaptive_threads=options.adaptive_cpu_threads,
         )
 
 
@@ -107,7 +88,7 @@ def _load_vllm(spec: ModelSpec, served_name: str, options: EngineOptions, light:
         try:
             return vllm_backend.load_engine(
                 spec, served_name=served_name, max_num_seqs=options.max_num_seqs, max_waiting=options.max_waiting,
-                kv_cache_memory_gb=options.kv_cache_memory_gb, engine_argv=options.engine_argv, lora_modules=options.lora_modules,
+                kv_cache_memory_gb=options.kv_cache_memory_gb, engine_argv=options.engine_args, lora_modules=options.lora_modules,
                 loaded=light,
             )
         except EngineArgsError as exc:  # a ValueError, but the user's flags are at fault: exit 2

@@ -13,10 +13,11 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.responses import Response
 
 from engines import Engine
-from engines.frontend import EngineFrontend, RequestLimits
+from engines.frontend import EngineFrontend
+from engines.options import EngineOptions, RequestLimits
 from engines.threads import ThreadPlan, apply_torch
 from engines.loader import ModelSpec, load_model
-from engines.selection import EngineOptions, EngineStartError, UnknownEngineFlags, model_errors_stop_startup, select_engine
+from engines.selection import EngineStartError, UnknownEngineFlags, model_errors_stop_startup, select_engine
 from gateway.auth import ApiKeys
 from gateway.disconnect import ClientDisconnected
 from gateway.faces import Faces
@@ -57,15 +58,6 @@ def model_spec(settings: Settings) -> ModelSpec:
     )
 
 
-def engine_options(settings: Settings, cpu_threads: int | None = None) -> EngineOptions:
-    return EngineOptions(
-        backend=settings.backend, max_num_seqs=settings.max_num_seqs, max_waiting=settings.max_waiting,
-        kv_cache_memory_gb=settings.kv_cache_memory_gb, encoder_batch_wait_ms=settings.encoder_batch_wait_ms,
-        encoder_max_batch=settings.encoder_max_batch, cpu_threads=cpu_threads, adaptive_threads=settings.adaptive_cpu_threads,
-        engine_argv=settings.engine_args, lora_modules=settings.lora_modules,
-    )
-
-
 def build_engine(settings: Settings, cpu_threads: int | None = None) -> Engine:
     """The engine the settings ask for (blocking: seconds to minutes); the choice and its log line
     are the engines layer's (`engines.selection`), transformer mode is KServe's."""
@@ -74,7 +66,7 @@ def build_engine(settings: Settings, cpu_threads: int | None = None) -> Engine:
             raise UsageError(settings.unknown_flags_error())
         return build_predictor_engine(settings)
     try:
-        return select_engine(model_spec(settings), settings.model_name, engine_options(settings, cpu_threads))
+        return select_engine(model_spec(settings), settings.model_name, settings.section(EngineOptions, cpu_threads=cpu_threads))
     except UnknownEngineFlags as exc:
         raise UsageError(settings.unknown_flags_error(exc.hint)) from None
     except EngineStartError as exc:
@@ -109,17 +101,6 @@ def build_predictor_engine(settings: Settings) -> Engine:
     return EngineFrontend(PredictorEngine(loaded, served_name=settings.model_name, predictor=config))
 
 
-def request_limits(settings: Settings) -> RequestLimits:
-    """The operator's bounds on one generation request, applied on every face."""
-    return RequestLimits(
-        max_parts=settings.max_request_parts,
-        max_prompt_tokens=settings.max_prompt_tokens,
-        max_total_tokens=settings.max_total_tokens,
-        max_scored_prompt_tokens=settings.max_scored_prompt_tokens,
-        max_stop_length=settings.max_stop_length,
-    )
-
-
 def install_error_handlers(app: FastAPI, faces: Faces) -> None:
     """What no face's route decided: unknown paths and methods, in the envelope of the face the
     path belongs to (each face maps its own errors in its routes), and clients that left."""
@@ -143,7 +124,7 @@ def create_app(settings: Settings, engine: Engine) -> FastAPI:
     """Wiring only: the measured engine, the middleware, each face mounted by its own function."""
     metrics = Metrics(settings.model_name)
     metrics.watch_engine(engine)
-    engine = ObservedEngine(engine, metrics, request_limits(settings))  # every face below is measured and limited the same way
+    engine = ObservedEngine(engine, metrics, settings.section(RequestLimits))  # every face below is measured and limited the same way
     keys = read_api_keys(settings)
 
     @contextlib.asynccontextmanager

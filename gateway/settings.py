@@ -13,11 +13,16 @@ import os
 import sys
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
-from typing import Any, NoReturn
+from typing import Any, NoReturn, TypeVar
+
+from compat.kserve.options import KServeOptions
+from engines.options import BACKENDS, EngineOptions, RequestLimits
+
+Section = TypeVar("Section")
 
 ENV_PREFIX = "HF_GATEWAY_"
 DTYPE_CHOICES = ("auto", "float16", "half", "bfloat16", "float32", "float")
-BACKEND_CHOICES = ("auto", "huggingface", "vllm")
+BACKEND_CHOICES = BACKENDS
 LOG_LEVELS = ("debug", "info", "warning", "error")
 
 
@@ -48,19 +53,19 @@ class Settings:
     tokenizer_revision: str | None = field(default=None, **_flag("Tokenizer revision; defaults to the model revision."))
     max_model_len: int | None = field(default=None, **_flag("Context length in tokens (prompt + output). Default: derived from the model config.", aliases=("max_length",)))
     dtype: str = field(default="auto", **_flag("Weight dtype. auto: the config's dtype, else float16 on GPU and float32 on CPU.", choices=DTYPE_CHOICES))
-    backend: str = field(default="auto", **_flag("Engine: auto picks the best available; huggingface forces the transformers engine.", choices=BACKEND_CHOICES))
+    backend: str = field(default=EngineOptions.backend, **_flag("Engine: auto picks the best available; huggingface forces the transformers engine.", choices=BACKEND_CHOICES))
     task: str | None = field(default=None, **_flag("Task (KServe names, e.g. text_generation). Default: inferred from the model architecture."))
     trust_remote_code: bool = field(default=False, **_flag("Allow model repositories to run their own Python code."))
     # -- KServe post-processing ----------------------------------------------------------------
-    return_probabilities: bool = field(default=False, **_flag("Classification and fill-mask answer with softmax probabilities instead of the argmax."))
-    return_raw_logits: bool = field(default=False, **_flag("Classification and fill-mask answer with raw logits instead of the argmax."))
-    disable_special_tokens: bool = field(default=False, **_flag("Tokenize KServe v1/v2 inputs without special tokens ([CLS], [SEP], ...)."))
+    return_probabilities: bool = field(default=KServeOptions.return_probabilities, **_flag("Classification and fill-mask answer with softmax probabilities instead of the argmax."))
+    return_raw_logits: bool = field(default=KServeOptions.return_raw_logits, **_flag("Classification and fill-mask answer with raw logits instead of the argmax."))
+    disable_special_tokens: bool = field(default=KServeOptions.disable_special_tokens, **_flag("Tokenize KServe v1/v2 inputs without special tokens ([CLS], [SEP], ...)."))
     disable_lower_case: bool = field(default=False, **_flag("Do not lower-case text for encoder models (KServe lower-cases by default, even for cased models)."))
-    return_offsets_mapping: bool = field(default=False, **_flag("Token classification also returns each token's character offsets (output `offset_mapping`)."))
-    return_label_names: bool = field(default=False, **_flag("Beyond KServe: classification also returns the id2label names (output `label_names`)."))
-    scores_as_numbers: bool = field(default=False, **_flag("Beyond KServe: with --return_probabilities/--return_raw_logits, v2 scores are FP64 tensors, not Python-repr strings."))
-    ragged_token_classification: bool = field(default=False, **_flag("Beyond KServe: token classification answers each input's own tokens (v1) and pads v2 rows with -1, instead of KServe's batch padded to its longest input with the model's labels at the padding."))
-    fill_mask_top_k: int = field(default=0, **_flag("Beyond KServe: fill-mask answers the k best tokens with scores instead of the argmax (0 = off)."))
+    return_offsets_mapping: bool = field(default=KServeOptions.return_offsets_mapping, **_flag("Token classification also returns each token's character offsets (output `offset_mapping`)."))
+    return_label_names: bool = field(default=KServeOptions.return_label_names, **_flag("Beyond KServe: classification also returns the id2label names (output `label_names`)."))
+    scores_as_numbers: bool = field(default=KServeOptions.scores_as_numbers, **_flag("Beyond KServe: with --return_probabilities/--return_raw_logits, v2 scores are FP64 tensors, not Python-repr strings."))
+    ragged_token_classification: bool = field(default=KServeOptions.ragged_token_classification, **_flag("Beyond KServe: token classification answers each input's own tokens (v1) and pads v2 rows with -1, instead of KServe's batch padded to its longest input with the model's labels at the padding."))
+    fill_mask_top_k: int = field(default=KServeOptions.fill_mask_top_k, **_flag("Beyond KServe: fill-mask answers the k best tokens with scores instead of the argmax (0 = off)."))
     # -- KServe transformer mode ---------------------------------------------------------------
     predictor_host: str | None = field(default=None, **_flag("Transformer mode: tokenize here, run the model on this predictor (host:port), post-process here."))
     predictor_protocol: str = field(default="v1", **_flag("Protocol to call the predictor with.", choices=("v1", "v2", "grpc-v2")))
@@ -87,13 +92,13 @@ class Settings:
     max_log_len: int | None = field(default=None, **_flag("Truncate prompts in request logs to this many characters."))
     cache_dir: str | None = field(default=None, **_flag("Where converted GGUF models are kept. Default: $XDG_CACHE_HOME/hf-gateway or ~/.cache/hf-gateway."))
     # -- engine capacity ---------------------------------------------------------------------
-    adaptive_cpu_threads: bool = field(default=True, **_flag("Transformers engine on CPU: measure, while serving, whether fewer threads decode faster (a crowded CPU) and use the faster count."))
+    adaptive_cpu_threads: bool = field(default=EngineOptions.adaptive_cpu_threads, **_flag("Transformers engine on CPU: measure, while serving, whether fewer threads decode faster (a crowded CPU) and use the faster count."))
     cpu_threads: int | None = field(default=None, **_flag("CPU threads for torch and the tokenizers. Default: the CPUs this process may use (its affinity and cgroup quota); 0 leaves every library's own default."))
-    max_num_seqs: int = field(default=32, **_flag("Most sequences the transformers engine decodes together in one batch."))
-    max_waiting: int = field(default=256, **_flag("Most requests waiting for a batch slot; beyond it new requests get 429."))
-    kv_cache_memory_gb: float = field(default=4.0, **_flag("KV-cache memory bound of the transformers engine, in GiB; rows beyond it wait or are preempted."))
-    encoder_batch_wait_ms: float = field(default=5.0, **_flag("Milliseconds concurrent embedding requests are gathered into one forward pass; 0 turns micro-batching off."))
-    encoder_max_batch: int = field(default=64, **_flag("Most inputs in one encoder forward pass."))
+    max_num_seqs: int = field(default=EngineOptions.max_num_seqs, **_flag("Most sequences the transformers engine decodes together in one batch."))
+    max_waiting: int = field(default=EngineOptions.max_waiting, **_flag("Most requests waiting for a batch slot; beyond it new requests get 429."))
+    kv_cache_memory_gb: float = field(default=EngineOptions.kv_cache_memory_gb, **_flag("KV-cache memory bound of the transformers engine, in GiB; rows beyond it wait or are preempted."))
+    encoder_batch_wait_ms: float = field(default=EngineOptions.encoder_batch_wait_ms, **_flag("Milliseconds concurrent embedding requests are gathered into one forward pass; 0 turns micro-batching off."))
+    encoder_max_batch: int = field(default=EngineOptions.encoder_max_batch, **_flag("Most inputs in one encoder forward pass."))
     # -- OpenAI surface ----------------------------------------------------------------------
     default_temperature: float | None = field(default=None, **_flag("Server default temperature when a request sends none (OpenAI default: 1.0)."))
     default_top_p: float | None = field(default=None, **_flag("Server default top_p (OpenAI default: 1.0)."))
@@ -110,11 +115,11 @@ class Settings:
     api_key_file: str | None = field(default=None, **_flag("A file with one API key per line (Kubernetes secrets mount well here)."))
     auth_health_and_metrics: bool = field(default=False, **_flag("Also require the key on /, /health, /ready, /metrics and the v2 health routes (open by default for probes and scrapers)."))
     max_request_body_bytes: int = field(default=16 << 20, **_flag("Largest request body accepted; larger is a 413."))
-    max_request_parts: int = field(default=64, **_flag("Most generation parts one request may have, on every face: prompts x choices (OpenAI n, best_of, prompt lists), KServe v1 instances, v2 batch rows, gRPC elements. A request is admitted whole or refused (429) with nothing started."))
-    max_prompt_tokens: int | None = field(default=None, **_flag("Largest prompt in tokens, on every face (default: only the context length limits it)."))
-    max_stop_length: int = field(default=256, **_flag("Longest stop string, in characters."))
-    max_scored_prompt_tokens: int = field(default=8192, **_flag("Most prompt tokens one request may have scored (completions `echo` with `logprobs`), over all its prompts and choices."))
-    max_total_tokens: int | None = field(default=None, **_flag("Most tokens one request may ask to generate over all its choices (n x max_tokens; best_of counts). On every face. Default: no limit beyond --max_n and --max_request_parts."))
+    max_request_parts: int = field(default=RequestLimits.max_request_parts, **_flag("Most generation parts one request may have, on every face: prompts x choices (OpenAI n, best_of, prompt lists), KServe v1 instances, v2 batch rows, gRPC elements. A request is admitted whole or refused (429) with nothing started."))
+    max_prompt_tokens: int | None = field(default=RequestLimits.max_prompt_tokens, **_flag("Largest prompt in tokens, on every face (default: only the context length limits it)."))
+    max_stop_length: int = field(default=RequestLimits.max_stop_length, **_flag("Longest stop string, in characters."))
+    max_scored_prompt_tokens: int = field(default=RequestLimits.max_scored_prompt_tokens, **_flag("Most prompt tokens one request may have scored (completions `echo` with `logprobs`), over all its prompts and choices."))
+    max_total_tokens: int | None = field(default=RequestLimits.max_total_tokens, **_flag("Most tokens one request may ask to generate over all its choices (n x max_tokens; best_of counts). On every face. Default: no limit beyond --max_n and --max_request_parts."))
     request_timeout: float | None = field(default=None, **_flag("Default deadline of a request in seconds; generation is aborted when it passes. Clients may send x-request-timeout."))
     cors_allowed_origins: tuple[str, ...] = field(default=(), **_flag("Origins allowed to call the API from a browser (repeatable; * for any). Default: no CORS headers.", repeat=True, metavar="ORIGIN"))
     log_format: str = field(default="plain", **_flag("Format of the one-line-per-request access log.", choices=("plain", "json")))
@@ -174,6 +179,12 @@ class Settings:
 
     def unknown_flags_error(self, hint: str = "") -> str:
         return f"hf-gateway: error: unknown flag(s): {' '.join(self.engine_args)}{hint}. Run `hf-gateway --help` for the list of flags."
+
+    def section(self, cls: type[Section], **overrides: Any) -> Section:
+        """A part's section of the settings (`EngineOptions`, `RequestLimits`, `KServeOptions`):
+        its fields taken from the flags of the same name. The defaults live in the section."""
+        names = {f.name for f in dataclasses.fields(cls)}  # type: ignore[arg-type]
+        return cls(**{n: getattr(self, n) for n in names if hasattr(self, n)} | overrides)
 
     def replace(self, **changes: Any) -> Settings:
         return dataclasses.replace(self, **changes)

@@ -96,7 +96,7 @@ async def metrics_of(app) -> str:
 async def all_but(engine, free: int):
     """Hold every generation slot of the engine but `free`, through a real admission."""
     slots = engine.max_in_flight
-    held = await engine.admit([[1]], GenerationParams(max_tokens=1), slots - free, limits=RequestLimits(max_parts=slots))
+    held = await engine.admit([[1]], GenerationParams(max_tokens=1), slots - free, limits=RequestLimits(max_request_parts=slots))
     try:
         yield
     finally:

@@ -20,27 +20,13 @@ import orjson
 
 from compat.kserve.codecs import tensor
 from compat.kserve.errors import invalid_input
+from compat.kserve.options import KServeOptions
 from compat.kserve.types import InferTensor
 from engines import Engine, GenerationParams, RequestContext
 from engines.frontend import run_parts
 from engines.tasks import Task
 
 OUTPUT = "output-0"
-
-
-@dataclass(frozen=True)
-class KServeOptions:
-    """huggingfaceserver's post-processing flags."""
-
-    return_probabilities: bool = False  # softmax, rounded to 4 decimals
-    return_raw_logits: bool = False
-    add_special_tokens: bool = True  # --disable_special_tokens turns it off
-    return_offsets_mapping: bool = False  # token classification: character spans as a second output
-    # Beyond KServe, opt-in because they change the wire:
-    return_label_names: bool = False  # id2label names as an extra `label_names` tensor
-    scores_as_numbers: bool = False  # v2 scores as FP64 tensors instead of Python-repr strings
-    fill_mask_top_k: int = 0  # fill-mask scores for the k best tokens instead of the whole vocabulary
-    ragged_token_classification: bool = False  # each input's own tokens (v1), -1 padding (v2), not KServe's padded batch
 
 
 @dataclass

@@ -7,6 +7,7 @@ from engines.hf.encoder import HFEncoderEngine
 from engines.hf.engine import HFEngine
 from engines.hf.seq2seq import HFSeq2SeqEngine
 from engines.loader import ModelSpec, load_model
+from engines.options import EngineOptions
 from engines.tasks import Task
 from engines.threads import ThreadTuner
 
@@ -15,13 +16,13 @@ def load_engine(
     spec: ModelSpec,
     *,
     served_name: str,
-    max_num_seqs: int = 32,
-    max_waiting: int = 256,
-    kv_cache_memory_gb: float = 4.0,
-    encoder_batch_wait_ms: float = 5.0,
-    encoder_max_batch: int = 64,
+    max_num_seqs: int = EngineOptions.max_num_seqs,
+    max_waiting: int = EngineOptions.max_waiting,
+    kv_cache_memory_gb: float = EngineOptions.kv_cache_memory_gb,
+    encoder_batch_wait_ms: float = EngineOptions.encoder_batch_wait_ms,
+    encoder_max_batch: int = EngineOptions.encoder_max_batch,
     cpu_threads: int | None = None,
-    adaptive_threads: bool = True,
+    adaptive_threads: bool = EngineOptions.adaptive_cpu_threads,
 ) -> EngineFrontend:
     """Load the model, put the backend its task needs under the frontend (blocking: seconds)."""
     loaded = load_model(spec)

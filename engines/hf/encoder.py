@@ -17,6 +17,7 @@ import torch
 
 from engines.errors import EngineError, ErrorCode
 from engines.loader import LoadedModel, Pooling
+from engines.options import EngineOptions
 from engines.pooling import pool
 from engines.microbatch import MicroBatcher
 from engines.backend import LoadedBackend
@@ -46,7 +47,8 @@ class _Padded(list):
 
 class HFEncoderEngine(LoadedBackend):
     def __init__(
-        self, loaded: LoadedModel, *, served_name: str, batch_wait_ms: float = 5.0, max_batch: int = 64, max_waiting: int = 4096
+        self, loaded: LoadedModel, *, served_name: str, batch_wait_ms: float = EngineOptions.encoder_batch_wait_ms,
+        max_batch: int = EngineOptions.encoder_max_batch, max_waiting: int = 4096
     ) -> None:
         pooling = loaded.pooling or Pooling()
         dimensions = int(getattr(loaded.config, "hidden_size", 0) or 0)

@@ -32,6 +32,7 @@ import torch.nn.functional as F
 from engines.choice import ChoiceState, output_budget
 from engines.detokenizer import decode_prompt_pieces
 from engines.errors import EngineError, ErrorCode, deadline_exceeded
+from engines.options import EngineOptions
 from engines.sampling import SequenceSampler, top_logprobs
 from engines.structured import Constraint, GrammarCompiler
 from engines.threads import ThreadTuner
@@ -67,8 +68,8 @@ class Sequence:
 
 @dataclass
 class SchedulerLimits:
-    max_num_seqs: int = 32  # rows decoded together
-    max_waiting: int = 256  # queue places beyond the batch (the frontend admits up to max_num_seqs + max_waiting)
+    max_num_seqs: int = EngineOptions.max_num_seqs  # rows decoded together
+    max_waiting: int = EngineOptions.max_waiting  # queue places beyond the batch (the frontend admits up to max_num_seqs + max_waiting)
     kv_cache_tokens: int = 1 << 20  # padded rows x width the KV cache may hold
 
 

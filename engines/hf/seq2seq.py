@@ -21,6 +21,7 @@ from engines.choice import ChoiceState
 from engines.errors import EngineError, ErrorCode, deadline_exceeded
 from engines.backend import LoadedBackend
 from engines.loader import LoadedModel
+from engines.options import EngineOptions
 from engines.types import GenerationParams
 
 # Parameters this engine cannot honour: a request that sets them gets a 400 naming them.
@@ -79,7 +80,7 @@ class HFSeq2SeqEngine(LoadedBackend):
     grammars = None  # structured outputs are not followed here (a 400 naming response_format)
     output_in_context = False  # max_model_len bounds the encoder's input; the decoder writes apart
 
-    def __init__(self, loaded: LoadedModel, *, served_name: str, max_waiting: int = 256) -> None:
+    def __init__(self, loaded: LoadedModel, *, served_name: str, max_waiting: int = EngineOptions.max_waiting) -> None:
         super().__init__(loaded, served_name=served_name)
         self._model = loaded.model
         self._executor: ThreadPoolExecutor | None = None

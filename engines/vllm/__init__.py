@@ -12,6 +12,7 @@ from collections.abc import Sequence
 from typing import Any
 
 from engines.loader import LoadedModel, ModelSpec, load_model
+from engines.options import EngineOptions
 from engines.tasks import Task
 from engines.vllm.args import EngineArgsError, lora_module, parse_engine_args, translate_legacy_flags
 
@@ -82,9 +83,9 @@ def load_engine(
     served_name: str,
     engine_argv: Sequence[str] = (),
     lora_modules: Sequence[str] = (),
-    max_num_seqs: int = 32,
-    max_waiting: int = 256,
-    kv_cache_memory_gb: float = 4.0,
+    max_num_seqs: int = EngineOptions.max_num_seqs,
+    max_waiting: int = EngineOptions.max_waiting,
+    kv_cache_memory_gb: float = EngineOptions.kv_cache_memory_gb,
     loaded: LoadedModel | None = None,
 ):
     """Tokenizer and config here, weights in vLLM's engine process (started by `start()`)."""
