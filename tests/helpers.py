@@ -89,14 +89,12 @@ def eventually_sync(condition, what: str, limit: float = 300.0, interval: float 
 
 
 @contextlib.asynccontextmanager
-async def grpc_channel(app):
-    """A channel to the app's real gRPC server (keys, records, metrics) on a free port, stopped afterwards."""
+async def serving_grpc(server):
+    """Start a built gRPC server on a free loopback port; yield a channel to it; stop it."""
     import grpc
 
-    from gateway.server import build_grpc_server
     from tests.conftest import free_port
 
-    server = build_grpc_server(app)
     port = free_port()
     server.add_insecure_port(f"127.0.0.1:{port}")
     await server.start()
@@ -105,3 +103,44 @@ async def grpc_channel(app):
             yield channel
     finally:
         await server.stop(0)
+
+
+@contextlib.asynccontextmanager
+async def grpc_channel(app):
+    """A channel to the app's real gRPC server (keys, records, metrics)."""
+    from gateway.server import build_grpc_server
+
+    async with serving_grpc(build_grpc_server(app)) as channel:
+        yield channel
+
+
+class HeldEngine:
+    """The real engine; each generation pauses after its first delta until `release()` (polled,
+    so the server's thread and the test's loop need not share an event loop)."""
+
+    def __init__(self, engine) -> None:
+        self._engine = engine
+        self.holding = 0
+        self.released = False
+
+    def __getattr__(self, name):
+        return getattr(self._engine, name)
+
+    def release(self) -> None:
+        self.released = True
+
+    async def generate(self, prompt, params, ctx):
+        import asyncio
+
+        stream = self._engine.generate(prompt, params, ctx)
+        try:
+            first = True
+            async for delta in stream:
+                yield delta
+                if first:
+                    first = False
+                    self.holding += 1
+                    while not self.released:
+                        await asyncio.sleep(0.01)
+        finally:
+            await stream.aclose()

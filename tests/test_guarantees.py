@@ -22,7 +22,7 @@ from compat.kserve.grpc.generated import grpc_predict_v2_pb2_grpc as pb_grpc
 from engines import GenerationParams
 from engines.frontend import RequestLimits
 from tests.conftest import ThreadedServer, make_app
-from tests.helpers import eventually, grpc_channel, metric_sample
+from tests.helpers import HeldEngine, eventually, grpc_channel, metric_sample
 
 FACES = ["openai", "v1", "v2", "grpc"]
 WORDS = ["Once upon a time", "The sea", "A red fox", "Rain", "Stars at night", "Bread"]
@@ -184,37 +184,10 @@ async def test_a_passed_deadline_is_deadline_exceeded_on_every_face(tiny_engine,
 # -- a client that leaves stops its generations (D3), and is accounted honestly (D19) ----------------
 
 
-class Holding:
-    """The real engine; each generation pauses after its first delta until released (polled, so
-    the server's thread and the test's loop need not share an event loop)."""
-
-    def __init__(self, engine) -> None:
-        self._engine = engine
-        self.holding = 0
-        self.released = False
-
-    def __getattr__(self, name):
-        return getattr(self._engine, name)
-
-    async def generate(self, prompt, params, ctx):
-        stream = self._engine.generate(prompt, params, ctx)
-        try:
-            first = True
-            async for delta in stream:
-                yield delta
-                if first:
-                    first = False
-                    self.holding += 1
-                    while not self.released:
-                        await asyncio.sleep(0.01)
-        finally:
-            await stream.aclose()
-
-
 @pytest.mark.parametrize("face", FACES)
 async def test_a_client_that_leaves_aborts_every_part_and_is_logged_as_gone(tiny_engine, face, caplog):
     caplog.set_level(logging.INFO, logger="gateway.access")
-    held = Holding(tiny_engine)
+    held = HeldEngine(tiny_engine)
     app = make_app(held)
     before = tiny_engine.stats().aborted_total
     with ThreadedServer(app) as server:
@@ -226,7 +199,7 @@ async def test_a_client_that_leaves_aborts_every_part_and_is_logged_as_gone(tiny
         await eventually(lambda: tiny_engine.stats().aborted_total == before + 2, "both parts to be aborted")
         await eventually(lambda: any("outcome=aborted" in r.getMessage() for r in caplog.records if r.name == "gateway.access"),
                          "the access line")
-        held.released = True
+        held.release()
         assert tiny_engine.stats().in_flight == 0
         line = next(r.getMessage() for r in caplog.records if r.name == "gateway.access" and "outcome=aborted" in r.getMessage())
         fields = dict(part.split("=", 1) for part in line.split(" ") if "=" in part)

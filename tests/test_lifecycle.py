@@ -22,35 +22,10 @@ import pytest
 from compat.kserve.grpc.generated import grpc_predict_v2_pb2 as pb
 from compat.kserve.grpc.generated import grpc_predict_v2_pb2_grpc as pb_grpc
 from tests.conftest import free_port, make_app, spawn, stop_group
-from tests.helpers import sse_events
+from tests.helpers import HeldEngine, sse_events
 
 ROOT = Path(__file__).resolve().parents[1]
 STREAM = {"model": "tiny", "prompt": "Once", "max_tokens": 64, "ignore_eos": True, "stream": True, "temperature": 0}
-
-
-class HeldEngine:
-    """The real engine; each generation stops after its first delta until `release` is set."""
-
-    def __init__(self, engine) -> None:
-        self._engine = engine
-        self.release = asyncio.Event()
-        self.holding = 0
-
-    def __getattr__(self, name):
-        return getattr(self._engine, name)
-
-    async def generate(self, prompt, params, ctx):
-        stream = self._engine.generate(prompt, params, ctx)
-        try:
-            first = True
-            async for delta in stream:
-                yield delta
-                if first:
-                    first = False
-                    self.holding += 1
-                    await self.release.wait()
-        finally:
-            await stream.aclose()
 
 
 async def until(condition, what: str, limit: float = 120.0) -> None:
@@ -121,7 +96,7 @@ async def test_the_drain_answers_what_it_stops_on_every_face(tiny_engine):
             stats = tiny_engine.stats()
             assert stats.aborted_total + stats.completed_total == ended_before + 4
     finally:
-        held.release.set()
+        held.release()
         await grpc_server.stop(0)
 
 
@@ -133,7 +108,7 @@ async def test_requests_that_finish_in_the_grace_period_are_untouched(tiny_engin
         await until(lambda: held.holding == 1, "the generation to start")
         drain = asyncio.ensure_future(app.state.lifecycle.drain(600))
         await until(lambda: app.state.lifecycle.draining, "the drain to begin")
-        held.release.set()
+        held.release()
         await drain  # returns as soon as nothing is in flight
         events = sse_events((await call).text)
         assert events[-1]["choices"][0]["finish_reason"] == "length" and "error" not in events[-1]

@@ -20,8 +20,8 @@ from compat.kserve.grpc.servicer import build_server
 from gateway.auth import ApiKeys
 from gateway.grpc_interceptors import AccessInterceptor, ApiKeyInterceptor
 from gateway.observability import Metrics
-from tests.conftest import TEST_ENGINE, free_port, make_app
-from tests.helpers import eventually
+from tests.conftest import TEST_ENGINE, make_app
+from tests.helpers import eventually, serving_grpc
 from tests.helpers import metric_sample as sample
 
 CHAT = {"model": "tiny", "messages": [{"role": "user", "content": "Hi"}], "max_tokens": 8, "temperature": 0}
@@ -128,15 +128,8 @@ def test_keys_compare_whole_values_and_read_files(tmp_path):
 @contextlib.asynccontextmanager
 async def grpc_channel(engine, interceptors):
     """A real gRPC server on loopback with these interceptors, and a channel to it."""
-    server = build_server(DataPlane(engine, "tiny"), interceptors=interceptors)
-    port = free_port()
-    server.add_insecure_port(f"127.0.0.1:{port}")
-    await server.start()
-    try:
-        async with grpc.aio.insecure_channel(f"127.0.0.1:{port}") as channel:
-            yield channel
-    finally:
-        await server.stop(0)
+    async with serving_grpc(build_server(DataPlane(engine, "tiny"), interceptors=interceptors)) as channel:
+        yield channel
 
 
 async def test_api_keys_on_grpc(tiny_engine):
