@@ -17,6 +17,7 @@ from typing import Any, NoReturn, TypeVar
 
 from compat.kserve.options import KServeOptions
 from engines.options import BACKENDS, EngineOptions, RequestLimits
+from gateway.openai.config import OpenAIConfig
 
 Section = TypeVar("Section")
 
@@ -104,10 +105,10 @@ class Settings:
     default_top_p: float | None = field(default=None, **_flag("Server default top_p (OpenAI default: 1.0)."))
     default_top_k: int | None = field(default=None, **_flag("Server default top_k (default: off)."))
     max_output_tokens: int | None = field(default=None, **_flag("Cap on the default output length of chat completions (default: the rest of the context)."))
-    stream_ping_interval: float = field(default=15.0, **_flag("Seconds between SSE keep-alive comments while a stream waits."))
-    max_n: int = field(default=16, **_flag("Largest `n` (and `best_of`) a request may ask for."))
-    max_logprobs: int = field(default=20, **_flag("Largest number of alternatives per token for `logprobs` / `top_logprobs`."))
-    trust_request_chat_template: bool = field(default=False, **_flag("Let requests bring their own `chat_template` (rendered in a sandboxed worker process with the bounds below)."))
+    stream_ping_interval: float = field(default=OpenAIConfig.ping_interval, **_flag("Seconds between SSE keep-alive comments while a stream waits."))
+    max_n: int = field(default=OpenAIConfig.max_n, **_flag("Largest `n` (and `best_of`) a request may ask for."))
+    max_logprobs: int = field(default=OpenAIConfig.max_logprobs, **_flag("Largest number of alternatives per token for `logprobs` / `top_logprobs`."))
+    trust_request_chat_template: bool = field(default=OpenAIConfig.trust_request_chat_template, **_flag("Let requests bring their own `chat_template` (rendered in a sandboxed worker process with the bounds below)."))
     chat_template_timeout: float = field(default=5.0, **_flag("Seconds one chat-template render may take (the model's template or a request's); longer is a 400."))
     chat_template_memory_mb: int = field(default=512, **_flag("Memory, in MiB, a chat-template worker process may use for one render; more is a 400."))
     # -- operations ----------------------------------------------------------------------------

@@ -10,11 +10,10 @@ from fastapi import FastAPI
 from engines import Engine
 from engines.template_pool import TemplateLimits
 from gateway.faces import Face
+from gateway.openai.config import OpenAIConfig, SamplingDefaults
 from gateway.openai.errors import error_body
-from gateway.openai.protocol import SamplingDefaults
 from gateway.openai.routes import build_router, build_tokenizer_router
 from gateway.openai.services.chat import ChatService
-from gateway.openai.services.common import OpenAIConfig
 from gateway.openai.services.completions import CompletionService
 from gateway.openai.services.embeddings import EmbeddingService
 from gateway.openai.services.models import ModelService

@@ -8,13 +8,13 @@ from __future__ import annotations
 
 import json
 import re
-from dataclasses import dataclass
 from typing import Any
 
 from pydantic import BaseModel, ConfigDict
 
 from engines.types import GenerationParams, StructuredOutput
 from gateway.openai.errors import invalid, unsupported
+from gateway.openai.config import SamplingDefaults
 
 MAX_STOP_STRINGS = 16
 INT64_MIN, INT64_MAX = -(2**63), 2**63 - 1
@@ -126,24 +126,6 @@ class ChatCompletionRequest(_GenerationRequest):
     documents: list[dict[str, Any]] | None = None
     reasoning_effort: str | None = None  # passed to the chat template
     add_special_tokens: bool = False  # the template already adds BOS and friends
-
-
-@dataclass(frozen=True)
-class SamplingDefaults:
-    """Server-level defaults (operator settings) over OpenAI's defaults."""
-
-    temperature: float = 1.0
-    top_p: float = 1.0
-    top_k: int = 0
-    max_output_tokens: int | None = None
-
-    def as_dict(self) -> dict[str, Any]:
-        return {
-            "temperature": self.temperature,
-            "top_p": self.top_p,
-            "top_k": self.top_k,
-            "max_output_tokens": self.max_output_tokens,
-        }
 
 
 def check_unsupported(request: BaseModel) -> None:

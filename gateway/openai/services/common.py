@@ -17,24 +17,12 @@ from engines.frontend import Admission, run_parts
 from engines.tasks import Task
 from engines.types import TokenLogprob
 from gateway.openai.errors import OpenAIError, invalid, model_not_found
-from gateway.openai.protocol import SamplingDefaults
+from gateway.openai.config import OpenAIConfig
 from gateway.usage import UsageTracker
 
 log = logging.getLogger("gateway.requests")
 
 SERVER_VERSION = "0.1.0"
-
-
-@dataclass(frozen=True)
-class OpenAIConfig:
-    served_name: str
-    defaults: SamplingDefaults = field(default_factory=SamplingDefaults)
-    ping_interval: float = 15.0
-    log_requests: bool = True
-    max_log_len: int | None = None
-    max_n: int = 16
-    max_logprobs: int = 20
-    trust_request_chat_template: bool = False
 
 
 class ServiceBase:
