@@ -1,5 +1,9 @@
-"""Micro-batching for encoder work: gather concurrent requests for a few milliseconds, group
-them by length so padding stays small, and run each group as one forward pass off the loop."""
+"""Micro-batching for encoder work: concurrent requests share forward passes, grouped by length
+so padding stays small, each pass run off the event loop.
+
+By default nobody waits for a batch to fill: an idle encoder runs a request at once, and requests
+that arrive while a pass runs form the next one (batches grow exactly as fast as load does). An
+operator may add a gathering window (`wait_s`) before each pass instead."""
 
 from __future__ import annotations
 
@@ -39,7 +43,7 @@ class MicroBatcher(Generic[T]):
         run: Callable[[list[list[int]]], list[T]],
         executor: Callable[[], Executor | None],
         *,
-        wait_s: float = 0.005,
+        wait_s: float = 0.0,
         max_batch: int = 64,
         max_waiting: int = 4096,
     ) -> None:
@@ -59,8 +63,6 @@ class MicroBatcher(Generic[T]):
 
     async def submit(self, inputs: Sequence[Sequence[int]]) -> list[T]:
         loop = asyncio.get_running_loop()
-        if self.wait_s <= 0:  # no gathering across requests: this request's inputs alone
-            return await self._run_groups(loop, [_as_list(x) for x in inputs])
         if len(self._pending) + len(inputs) > self.max_waiting:
             raise EngineError(ErrorCode.OVERLOADED, "Too many inputs are waiting for the encoder; retry shortly.")
         futures = [loop.create_future() for _ in inputs]
@@ -72,8 +74,10 @@ class MicroBatcher(Generic[T]):
     async def _drain(self) -> None:
         loop = asyncio.get_running_loop()
         while self._pending:
-            if len(self._pending) < self.max_batch:
-                await asyncio.sleep(self.wait_s)  # let concurrent requests join
+            if self.wait_s > 0 and len(self._pending) < self.max_batch:
+                await asyncio.sleep(self.wait_s)  # the operator's gathering window
+            else:
+                await asyncio.sleep(0)  # requests submitted in the same turn of the loop join
             taken, self._pending = self._pending[: self.max_batch], self._pending[self.max_batch :]
             live = [(ids, f) for ids, f in taken if not f.done()]  # skip requests that went away
             if not live:

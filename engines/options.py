@@ -16,7 +16,7 @@ class EngineOptions:
     max_num_seqs: int = 32
     max_waiting: int = 256
     kv_cache_memory_gb: float = 4.0
-    encoder_batch_wait_ms: float = 5.0
+    encoder_batch_wait_ms: float = 0.0  # no wait: requests that arrive during a pass form the next
     encoder_max_batch: int = 64
     cpu_threads: int | None = None
     adaptive_cpu_threads: bool = True

@@ -98,7 +98,7 @@ class Settings:
     max_num_seqs: int = field(default=EngineOptions.max_num_seqs, **_flag("Most sequences the transformers engine decodes together in one batch."))
     max_waiting: int = field(default=EngineOptions.max_waiting, **_flag("Most requests waiting for a batch slot; beyond it new requests get 429."))
     kv_cache_memory_gb: float = field(default=EngineOptions.kv_cache_memory_gb, **_flag("KV-cache memory bound of the transformers engine, in GiB; rows beyond it wait or are preempted."))
-    encoder_batch_wait_ms: float = field(default=EngineOptions.encoder_batch_wait_ms, **_flag("Milliseconds concurrent embedding requests are gathered into one forward pass; 0 turns micro-batching off."))
+    encoder_batch_wait_ms: float = field(default=EngineOptions.encoder_batch_wait_ms, **_flag("Milliseconds to gather more encoder requests before each forward pass. 0 (default): no wait; an idle encoder runs a request at once and requests that arrive during a pass share the next one."))
     encoder_max_batch: int = field(default=EngineOptions.encoder_max_batch, **_flag("Most inputs in one encoder forward pass."))
     # -- OpenAI surface ----------------------------------------------------------------------
     default_temperature: float | None = field(default=None, **_flag("Server default temperature when a request sends none (OpenAI default: 1.0)."))
