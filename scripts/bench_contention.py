@@ -24,7 +24,6 @@ import argparse
 import asyncio
 import contextlib
 import os
-import platform
 import signal
 import subprocess
 import sys
@@ -36,17 +35,9 @@ from typing import Any
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "scripts"))
 from loadgen import Workload, closed_loop, random_prompts, session, summarize  # noqa: E402
-from servers import gateway_process  # noqa: E402
+from servers import cpu_model, gateway_process  # noqa: E402
 
 VLLM_PYTHON = ROOT / ".venv-vllm" / "bin" / "python"
-
-
-def cpu_model() -> str:
-    with contextlib.suppress(OSError):
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
-    return platform.processor() or "unknown"
 
 
 @contextlib.contextmanager

@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import platform
 import statistics
 import sys
 import time
@@ -24,17 +23,7 @@ import aiohttp
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from scripts.servers import gateway_process  # noqa: E402
-
-
-def cpu_name() -> str:
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or "unknown CPU"
+from scripts.servers import cpu_model, gateway_process, report  # noqa: E402
 
 
 def minilm_dir() -> str:
@@ -101,7 +90,7 @@ def main() -> None:
         return next(r for r in rows if r[0].startswith(label) and r[1] == face and r[2] == clients)
 
     lines = [
-        f"CPU: {cpu_name()}. all-MiniLM-L6-v2, one sentence per request, closed loop, one server at a time.",
+        f"CPU: {cpu_model()}. all-MiniLM-L6-v2, one sentence per request, closed loop, one server at a time.",
         "",
         "| batching | face | clients | inputs/s | median ms | p99 ms |",
         "| --- | --- | ---: | ---: | ---: | ---: |",
@@ -115,11 +104,7 @@ def main() -> None:
         lines.append(f"| {face}, 32 clients: throughput now / before | {now[3] / before[3]:.2f}x |")
     o, v = find("no wait", "openai", 32), find("no wait", "v1", 32)
     lines.append(f"| now, 32 clients: OpenAI path / v1 path throughput | {o[3] / v[3]:.2f}x |")
-    text = "\n".join(lines)
-    print("\n" + text)
-    if args.out:
-        args.out.parent.mkdir(parents=True, exist_ok=True)
-        args.out.write_text(text + "\n")
+    report(lines, args.out)
 
 
 if __name__ == "__main__":

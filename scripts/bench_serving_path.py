@@ -193,8 +193,7 @@ def main() -> None:
 
     import httpx
 
-    from scripts.bench_embeddings import cpu_name
-    from scripts.servers import free_port, stop_group
+    from scripts.servers import cpu_model, free_port, report, stop_group
 
     port, grpc_port = free_port(), free_port()
     server = subprocess.Popen([sys.executable, __file__, "--serve", str(port), str(grpc_port)], cwd=ROOT, start_new_session=True)
@@ -221,7 +220,7 @@ def main() -> None:
     finally:
         stop_group(server)
     lines = [
-        f"CPU: {cpu_name()}; server pinned to one core, load generator on another. SYNTHETIC backend (no model): "
+        f"CPU: {cpu_model()}; server pinned to one core, load generator on another. SYNTHETIC backend (no model): "
         f"the real app, frontend, detokenization, SSE and metrics over a token source; {args.clients} clients, "
         f"{args.tokens} tokens per request, {args.seconds:.0f} s per face.",
         "",
@@ -229,11 +228,7 @@ def main() -> None:
         "| --- | ---: | ---: |",
         *[f"| {face} | {rate:.0f} | {done} |" for face, rate, done in rows],
     ]
-    text = "\n".join(lines)
-    print("\n" + text)
-    if args.out:
-        args.out.parent.mkdir(parents=True, exist_ok=True)
-        args.out.write_text(text + "\n")
+    report(lines, args.out)
 
 
 if __name__ == "__main__":

@@ -1,9 +1,11 @@
-"""Start `python -m gateway` as a real process for the benchmark and soak scripts."""
+"""What the benchmark and soak scripts share: `python -m gateway` as a real process, the CPU they
+ran on, and how a report is printed and written."""
 
 from __future__ import annotations
 
 import contextlib
 import os
+import platform
 import random
 import signal
 import socket
@@ -16,6 +18,24 @@ from pathlib import Path
 import httpx
 
 ROOT = Path(__file__).resolve().parents[1]
+
+
+def cpu_model() -> str:
+    """The CPU's name, which every benchmark prints with its numbers."""
+    with contextlib.suppress(OSError):
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                return line.split(":", 1)[1].strip()
+    return platform.processor() or "unknown CPU"
+
+
+def report(lines: list[str], out: Path | None) -> None:
+    """Print a benchmark's Markdown report, and write it to `out` when asked."""
+    text = "\n".join(lines)
+    print("\n" + text)
+    if out:
+        out.parent.mkdir(parents=True, exist_ok=True)
+        out.write_text(text + "\n")
 
 
 def _ephemeral_range_start() -> int:
