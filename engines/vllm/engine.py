@@ -28,7 +28,7 @@ from collections.abc import Coroutine, Sequence
 from concurrent.futures import Future
 from typing import Any, TypeVar
 
-from engines.choice import ChoiceState, LogprobEntry, output_budget
+from engines.choice import ChoiceState, LogprobEntry, merge_deltas, output_budget
 from engines.detokenizer import decode_prompt_pieces
 from engines.errors import EngineError, ErrorCode, deadline_exceeded
 from engines.backend import LoadedBackend
@@ -37,7 +37,6 @@ from engines.structured import ConstraintFailed, GrammarCompiler
 from engines.tasks import Task
 from engines.types import (
     EmbeddingResult,
-    GenerationDelta,
     GenerationParams,
     RequestContext,
     TokenLogprob,
@@ -89,24 +88,6 @@ def _engine_error(exc: BaseException) -> EngineError:
         return EngineError(ErrorCode.UNAVAILABLE, "The vLLM engine is not running.")
     log.error("vLLM request failed: %s: %s", type(cause).__name__, cause)
     return EngineError(ErrorCode.INTERNAL, f"The engine failed: {type(cause).__name__}")
-
-
-def _merge(deltas: list[GenerationDelta]) -> GenerationDelta:
-    """Several tokens of one vLLM step as one delta (vLLM may hand over more than one at a time)."""
-    if len(deltas) == 1:
-        return deltas[0]
-    last = deltas[-1]
-    return GenerationDelta(
-        token_ids=tuple(t for d in deltas for t in d.token_ids),
-        text="".join(d.text for d in deltas),
-        prompt_tokens=last.prompt_tokens,
-        completion_tokens=last.completion_tokens,
-        finish_reason=last.finish_reason,
-        stop_reason=last.stop_reason,
-        index=last.index,
-        logprobs=tuple(item for d in deltas for item in d.logprobs),
-        prompt_logprobs=deltas[0].prompt_logprobs,
-    )
 
 
 class VLLMEngine(LoadedBackend):
@@ -314,7 +295,7 @@ class VLLMEngine(LoadedBackend):
                         return
                     deltas.append(choice.end("stop" if completion.finish_reason == "stop" else "length"))
                 if deltas:
-                    emit(_merge(deltas))
+                    emit(merge_deltas(deltas))
                 if choice.finished:
                     return
         except asyncio.CancelledError:
