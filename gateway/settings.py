@@ -54,7 +54,7 @@ class Settings:
     tokenizer_revision: str | None = field(default=None, **_flag("Tokenizer revision; defaults to the model revision."))
     max_model_len: int | None = field(default=None, **_flag("Context length in tokens (prompt + output). Default: derived from the model config.", aliases=("max_length",)))
     dtype: str = field(default="auto", **_flag("Weight dtype. auto: the config's dtype, else float16 on GPU and float32 on CPU.", choices=DTYPE_CHOICES))
-    backend: str = field(default=EngineOptions.backend, **_flag("Engine: auto picks the best available; huggingface forces the transformers engine.", choices=BACKEND_CHOICES))
+    backend: str = field(default=EngineOptions.backend, **_flag("Engine: auto takes vLLM, then OpenVINO, where installed and able to serve the model, else transformers; huggingface forces the transformers engine, vllm and openvino that engine.", choices=BACKEND_CHOICES))
     task: str | None = field(default=None, **_flag("Task (KServe names, e.g. text_generation). Default: inferred from the model architecture."))
     trust_remote_code: bool = field(default=False, **_flag("Allow model repositories to run their own Python code."))
     # -- KServe post-processing ----------------------------------------------------------------

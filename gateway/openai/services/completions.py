@@ -89,7 +89,8 @@ class CompletionService(ServiceBase):
         if req.truncate_prompt_tokens is not None:
             texts = [await asyncio.to_thread(self.engine.tokenizer.decode, p, skip_special_tokens=False) for p in ids]
 
-        rename = {"max_tokens": max_tokens_param(req)}
+        # Completions count alternatives in `logprobs` and score the prompt when asked to `echo` it.
+        rename = {"max_tokens": max_tokens_param(req), "top_logprobs": "logprobs", "prompt_logprobs": "echo"}
         admission = await self.admit(ids, params, best_of, rename=rename)
         response_id = new_id("cmpl")
         self.log_request(response_id, texts[0] if len(texts) == 1 else str(texts), params)
