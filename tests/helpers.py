@@ -4,8 +4,32 @@ from __future__ import annotations
 
 import contextlib
 import json
+import os
 import re
 from typing import Any
+
+# What the engine under test cannot honour: a request using it must be a 400 naming the request's
+# own parameter (engines/openvino/engine.py lists OpenVINO's, by their neutral names).
+REFUSED = {
+    "openvino": frozenset({"top_logprobs", "prompt_logprobs", "logit_bias", "structured_outputs.grammar"}),
+}.get(os.environ.get("HF_GATEWAY_TEST_ENGINE", "transformers"), frozenset())
+
+
+async def refused_here(feature: str, call: Any, param: str) -> bool:
+    """Where the engine under test cannot honour `feature`, check that `call()` (an SDK call)
+    is refused with a 400 naming `param`, and return True: the test has checked what it can.
+    Elsewhere return False and let the test go on."""
+    if feature not in REFUSED:
+        return False
+    import openai
+
+    try:
+        await call()
+    except openai.BadRequestError as exc:
+        body = exc.body if isinstance(exc.body, dict) else {}
+        assert body.get("param") == param and body.get("code") == "unsupported_value", exc.body
+        return True
+    raise AssertionError(f"{feature} is not supported by this engine, yet the request succeeded")
 
 
 def sse_events(body: str) -> list[Any]:

@@ -8,6 +8,7 @@ import sys
 
 import pytest
 
+from engines import openvino as openvino_backend
 from engines import vllm as vllm_backend
 from gateway.server import StartupError, UsageError, build_engine
 from gateway.settings import Settings
@@ -15,16 +16,20 @@ from gateway.settings import Settings
 HAS_VLLM = vllm_backend.installed()
 needs_vllm = pytest.mark.skipif(not HAS_VLLM, reason="vLLM is not installed in this environment")
 without_vllm = pytest.mark.skipif(HAS_VLLM, reason="checks the behaviour when vLLM is missing")
+HAS_OPENVINO = openvino_backend.installed()
+needs_openvino = pytest.mark.skipif(not HAS_OPENVINO, reason="OpenVINO GenAI is not installed in this environment")
+without_openvino = pytest.mark.skipif(HAS_OPENVINO, reason="checks the behaviour when OpenVINO is missing")
 
 
 def settings(*argv: str) -> Settings:
     return Settings.from_cli(list(argv), env={})
 
 
-def test_importing_the_server_does_not_import_vllm():
-    code = "import gateway.server, engines.vllm, compat.kserve.dataplane, sys; print('vllm' in sys.modules)"
+def test_importing_the_server_imports_no_optional_engine():
+    code = ("import gateway.server, engines.vllm, engines.openvino, compat.kserve.dataplane, sys; "
+            "print(sorted(m for m in ('vllm', 'openvino', 'openvino_genai', 'optimum') if m in sys.modules))")
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
-    assert out.strip() == "False"
+    assert out.strip() == "[]"
 
 
 @without_vllm
@@ -34,11 +39,43 @@ def test_backend_vllm_without_vllm_is_a_clear_startup_error(tiny_dir):
 
 
 @without_vllm
-def test_auto_without_vllm_picks_transformers_and_says_why(tiny_dir, caplog):
+@without_openvino
+def test_auto_without_vllm_or_openvino_picks_transformers_and_says_why(tiny_dir, caplog):
     caplog.set_level(logging.INFO, logger="gateway")
     engine = build_engine(settings("--model_dir", str(tiny_dir)))
     assert engine.capabilities.engine == "transformers"
     assert "Engine: transformers (--backend auto: vLLM is not installed" in caplog.text
+    assert "OpenVINO GenAI is not installed" in caplog.text
+
+
+@without_openvino
+def test_backend_openvino_without_openvino_is_a_clear_startup_error(tiny_dir):
+    with pytest.raises(StartupError, match="Backend is set to 'openvino' but OpenVINO GenAI is not installed"):
+        build_engine(settings("--model_dir", str(tiny_dir), "--backend", "openvino"))
+
+
+@without_vllm
+@needs_openvino
+def test_auto_without_vllm_picks_openvino_and_says_why(tiny_dir, caplog):
+    caplog.set_level(logging.INFO, logger="gateway")
+    engine = build_engine(settings("--model_dir", str(tiny_dir), "--kv_cache_memory_gb", "1"))
+    assert engine.capabilities.engine == "openvino"  # built (the IR converted or found), not started
+    assert "Engine: OpenVINO GenAI" in caplog.text and "serves LlamaForCausalLM for text_generation" in caplog.text
+
+
+@needs_openvino
+def test_encoder_heads_stay_on_transformers_beside_openvino(tiny_bert_dirs, caplog):
+    caplog.set_level(logging.INFO, logger="gateway")
+    with pytest.raises(StartupError, match="Backend is set to 'openvino' but task fill_mask is served by the transformers engine"):
+        build_engine(settings("--model_dir", str(tiny_bert_dirs["fill_mask"]), "--backend", "openvino"))
+    engine = build_engine(settings("--model_dir", str(tiny_bert_dirs["fill_mask"])))
+    assert engine.capabilities.engine == "transformers"
+
+
+@needs_openvino
+def test_vllm_flags_are_unknown_to_openvino(tiny_dir):
+    with pytest.raises(UsageError, match=r"unknown flag\(s\): --enforce-eager"):
+        build_engine(settings("--model_dir", str(tiny_dir), "--backend", "openvino", "--enforce-eager"))
 
 
 @without_vllm

@@ -11,7 +11,7 @@ import pytest
 
 from engines.template_pool import TemplateLimits
 from tests.conftest import TEST_ENGINE, make_app
-from tests.helpers import metric_sample, sse_events
+from tests.helpers import REFUSED, metric_sample, sse_events
 
 MSG = [{"role": "user", "content": "Hi"}]
 CHAT = {"model": "tiny", "messages": MSG, "max_tokens": 2, "temperature": 0}
@@ -275,7 +275,10 @@ RECURSIVE = {"$defs": {"n": {"type": "object", "properties": {"c": {"$ref": "#/$
 async def test_grammars_that_cannot_be_followed_are_400_up_front(tiny_engine, extra):
     async with client_for(make_app(tiny_engine)) as http:
         err = openai_error(await http.post("/openai/v1/chat/completions", json={**CHAT, **extra}))
-        assert "cannot be enforced" in err["message"], err
+        if "guided_grammar" in extra and "structured_outputs.grammar" in REFUSED:  # no Lark grammars at all
+            assert err["param"] == "structured_outputs.grammar", err
+        else:
+            assert "cannot be enforced" in err["message"], err
         text = (await http.get("/metrics")).text
         assert metric_sample(text, "gateway_generation_tokens_total") == 0
         assert metric_sample(text, "gateway_request_errors_total", code="internal") == 0
@@ -350,6 +353,7 @@ async def test_prompt_scoring_works_in_chunks_and_matches_a_full_forward_pass(ti
         assert sorted(lp["top_logprobs"][pos].values(), reverse=True)[:3] == pytest.approx(best.values.tolist(), abs=1e-3)
 
 
+@pytest.mark.skipif("prompt_logprobs" in REFUSED, reason="this engine scores no prompts (test_openai_sampling checks its 400)")
 async def test_scored_prompt_tokens_are_bounded_per_request(tiny_engine):
     prompt = list(range(100, 160))  # 60 token ids
     body = {"prompt": prompt, "max_tokens": 1, "echo": True, "logprobs": 2}
