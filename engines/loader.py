@@ -306,8 +306,24 @@ _DTYPES = {
 DTYPE_CHOICES = ("auto", *_DTYPES)
 
 
-def resolve_dtype(requested: str, config: Any, *, cuda: bool | None = None) -> torch.dtype:
-    """KServe's rule: explicit wins; `auto` takes the config's dtype, else fp16 on GPU, fp32 on CPU."""
+def cpu_has_native_bf16() -> bool:
+    """Whether this CPU computes bfloat16 in hardware (AMX or AVX512-BF16). Elsewhere torch
+    emulates it: measured on an AVX-512 Xeon without either, a bf16 matmul ran 4.6x slower than
+    fp32 (61 against 279 GFLOP/s)."""
+    try:
+        flags = Path("/proc/cpuinfo").read_text()
+    except OSError:
+        return False
+    return "amx_bf16" in flags or "avx512_bf16" in flags
+
+
+def resolve_dtype(requested: str, config: Any, *, cuda: bool | None = None, native_bf16: bool | None = None,
+                  generative: bool = True) -> torch.dtype:
+    """An explicit dtype wins. `auto` on a GPU is KServe's rule: the config's dtype, else fp16.
+    `auto` on a CPU is ours: for text generation, bfloat16 where the CPU computes it in hardware
+    (1.4x one stream and 1.8x under load, same answers, on an AMX Xeon), else float32; encoders
+    (whose raw logits and vectors clients read) float32. Whatever the config says: KServe takes a
+    float16 config onto the CPU, where half precision is emulated and slow."""
     if cuda is None:
         cuda = torch.cuda.is_available()
     if requested != "auto":
@@ -315,12 +331,16 @@ def resolve_dtype(requested: str, config: Any, *, cuda: bool | None = None) -> t
             return _DTYPES[requested]
         except KeyError:
             raise ValueError(f"Unsupported dtype {requested!r}; choose one of {DTYPE_CHOICES}") from None
+    if not cuda:
+        if not generative:
+            return torch.float32
+        return torch.bfloat16 if (cpu_has_native_bf16() if native_bf16 is None else native_bf16) else torch.float32
     configured = getattr(config, "dtype", None) or getattr(config, "torch_dtype", None)
     if isinstance(configured, torch.dtype):
         return configured
     if isinstance(configured, str) and configured in _DTYPES:
         return _DTYPES[configured]
-    return torch.float16 if cuda else torch.float32
+    return torch.float16
 
 
 def derive_max_model_len(config: Any, requested: int | None = None) -> int:
@@ -403,7 +423,7 @@ def load_model(spec: ModelSpec, *, weights: bool = True) -> LoadedModel:
     common = {"trust_remote_code": spec.trust_remote_code}
     config = AutoConfig.from_pretrained(source.location, revision=source.revision, **common)
     task = resolve_task(spec.task, config, sentence_transformer=is_sentence_transformer(source.location))
-    dtype = resolve_dtype(spec.dtype, config)
+    dtype = resolve_dtype(spec.dtype, config, generative=task is Task.text_generation)
     max_model_len = derive_max_model_len(config, spec.max_model_len)
     generative = task is Task.text_generation  # decoder-only: left padding, EOS from the generation config
     if not generative and spec.max_model_len is None:

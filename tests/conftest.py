@@ -92,19 +92,22 @@ def run_async(coro):
 
 
 def load_test_engine(model_dir: Path, served_name: str, **kwargs):
-    """The engine under test for a generation or embedding model, loaded the production way."""
+    """The engine under test for a generation or embedding model, loaded the production way. In
+    float32 on every engine: the suites compare engines' numbers, and `auto` would give bfloat16 on
+    CPUs that have it (tests/test_loader.py checks that rule)."""
+    spec = ModelSpec(model_dir=str(model_dir), dtype="float32")
     if TEST_ENGINE == "vllm":
         from engines.vllm import load_engine as load_vllm
 
         # Small KV cache and no graph capture: start-up in seconds on a 2-core CPU.
-        return load_vllm(ModelSpec(model_dir=str(model_dir)), served_name=served_name, kv_cache_memory_gb=0.5, engine_argv=["--enforce-eager"], **kwargs)
+        return load_vllm(spec, served_name=served_name, kv_cache_memory_gb=0.5, engine_argv=["--enforce-eager"], **kwargs)
     if TEST_ENGINE == "openvino" and not Path(model_dir, "modules.json").is_file():  # not the embedding model
         from engines.openvino import load_engine as load_openvino
 
-        return load_openvino(ModelSpec(model_dir=str(model_dir)), served_name=served_name, kv_cache_memory_gb=1, **kwargs)
+        return load_openvino(spec, served_name=served_name, kv_cache_memory_gb=1, **kwargs)
     from engines.hf import load_engine
 
-    return load_engine(ModelSpec(model_dir=str(model_dir)), served_name=served_name, **kwargs)
+    return load_engine(spec, served_name=served_name, **kwargs)
 
 
 @pytest.fixture(scope="session")

@@ -58,7 +58,7 @@ def test_backend_openvino_without_openvino_is_a_clear_startup_error(tiny_dir):
 @needs_openvino
 def test_auto_without_vllm_picks_openvino_and_says_why(tiny_dir, caplog):
     caplog.set_level(logging.INFO, logger="gateway")
-    engine = build_engine(settings("--model_dir", str(tiny_dir), "--kv_cache_memory_gb", "1"))
+    engine = build_engine(settings("--model_dir", str(tiny_dir), "--kv_cache_memory_gb", "1", "--dtype", "float32"))
     assert engine.capabilities.engine == "openvino"  # built (the IR converted or found), not started
     assert "Engine: OpenVINO GenAI" in caplog.text and "serves LlamaForCausalLM for text_generation" in caplog.text
 

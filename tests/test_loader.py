@@ -27,6 +27,39 @@ def test_default_model_is_the_packaged_smollm2_converted_once(smollm_dir):
     assert [p.name for p in smollm_dir.parent.iterdir() if p.name.startswith(".convert-")] == []
 
 
+def test_the_conversion_is_keyed_by_content_so_every_environment_shares_it(smollm_dir, tmp_path):
+    """Another installation of the same GGUF (another virtual environment: another path, another
+    mtime) finds the same conversion."""
+    import shutil
+
+    from engines.loader import convert_gguf, packaged_gguf
+
+    copy = tmp_path / "other-venv" / packaged_gguf().name
+    copy.parent.mkdir()
+    shutil.copy(packaged_gguf(), copy)
+    assert convert_gguf(copy) == smollm_dir
+
+
+def test_a_tokenizer_that_garbles_text_is_not_converted(tmp_path):
+    from engines.loader import _check_round_trip
+    from transformers import AutoTokenizer
+
+    class Garbling:  # what transformers 5.5 made of SmolLM2's GGUF tokenizer: text does not come back
+        def __init__(self, real):
+            self.real = real
+
+        def __call__(self, text, **kw):
+            return self.real(text, **kw)
+
+        def decode(self, ids):
+            return self.real.decode(ids).replace(" ", "Ġ")
+
+    real = AutoTokenizer.from_pretrained(resolve_source(ModelSpec()).location)
+    _check_round_trip(real, tmp_path / "x.gguf")  # the real one passes
+    with pytest.raises(ValueError, match="reads the tokenizer in x.gguf wrongly"):
+        _check_round_trip(Garbling(real), tmp_path / "x.gguf")
+
+
 def test_explicit_model_dir_and_model_id_win(tiny_dir):
     assert resolve_source(ModelSpec(model_dir=str(tiny_dir))).location == str(tiny_dir)
     assert resolve_source(ModelSpec(model_id=str(tiny_dir), model_dir="/nowhere")).location == str(tiny_dir)
@@ -62,19 +95,32 @@ def test_kserve_mount_is_used_when_it_holds_a_model(monkeypatch, tiny_dir):
 
 
 @pytest.mark.parametrize(
-    "requested,config_dtype,cuda,want",
+    "requested,config_dtype,cuda,native_bf16,want",
     [
-        ("auto", None, False, torch.float32),
-        ("auto", None, True, torch.float16),
-        ("auto", "bfloat16", False, torch.bfloat16),
-        ("auto", torch.float16, False, torch.float16),
-        ("half", "float32", False, torch.float16),
-        ("float", "bfloat16", True, torch.float32),
-        ("bfloat16", None, False, torch.bfloat16),
+        # GPU, auto: KServe's rule (the config's dtype, else float16)
+        ("auto", None, True, False, torch.float16),
+        ("auto", "bfloat16", True, False, torch.bfloat16),
+        ("auto", torch.float32, True, False, torch.float32),
+        # CPU, auto: bfloat16 where the CPU has it in hardware, float32 elsewhere, whatever the config says
+        ("auto", None, False, False, torch.float32),
+        ("auto", "bfloat16", False, False, torch.float32),
+        ("auto", torch.float16, False, False, torch.float32),
+        ("auto", "float32", False, True, torch.bfloat16),
+        ("auto", torch.float16, False, True, torch.bfloat16),
+        ("auto", torch.float16, False, None, torch.float32),  # None here: an encoder, float32 on every CPU
+        # explicit always wins
+        ("half", "float32", False, True, torch.float16),
+        ("float", "bfloat16", True, True, torch.float32),
+        ("bfloat16", None, False, False, torch.bfloat16),
     ],
 )
-def test_dtype_follows_kserve_rules(requested, config_dtype, cuda, want):
-    assert resolve_dtype(requested, SimpleNamespace(dtype=config_dtype), cuda=cuda) is want
+def test_dtype_rules(requested, config_dtype, cuda, native_bf16, want):
+    config = SimpleNamespace(dtype=config_dtype)
+    if native_bf16 is None:
+        for native in (False, True):
+            assert resolve_dtype(requested, config, cuda=cuda, native_bf16=native, generative=False) is want
+    else:
+        assert resolve_dtype(requested, config, cuda=cuda, native_bf16=native_bf16) is want
 
 
 def test_max_model_len_rules(monkeypatch):
