@@ -16,6 +16,7 @@ class EngineOptions:
     max_num_seqs: int = 32
     max_waiting: int = 256
     kv_cache_memory_gb: float = 4.0
+    prefix_cache_memory_gb: float = 1.0  # transformers engine: KV of finished sequences kept for reuse (0: off)
     encoder_batch_wait_ms: float = 0.0  # no wait: requests that arrive during a pass form the next
     encoder_max_batch: int = 64
     cpu_threads: int | None = None

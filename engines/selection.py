@@ -87,7 +87,8 @@ def select_engine(spec: ModelSpec, served_name: str, options: EngineOptions) -> 
     with model_errors_stop_startup():
         return load_engine(
             spec, served_name=served_name, max_num_seqs=options.max_num_seqs, max_waiting=options.max_waiting,
-            kv_cache_memory_gb=options.kv_cache_memory_gb, encoder_batch_wait_ms=options.encoder_batch_wait_ms,
+            kv_cache_memory_gb=options.kv_cache_memory_gb, prefix_cache_memory_gb=options.prefix_cache_memory_gb,
+            encoder_batch_wait_ms=options.encoder_batch_wait_ms,
             encoder_max_batch=options.encoder_max_batch, cpu_threads=options.cpu_threads, adaptive_threads=options.adaptive_cpu_threads,
         )
 

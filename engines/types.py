@@ -147,6 +147,8 @@ class EngineStats:
     kv_cache_tokens: int | None = None
     kv_cache_capacity_tokens: int | None = None
     cpu_threads: int | None = None
+    prefix_cache_hits: int | None = None  # prompts that started from a kept prefix
+    prefix_cache_reused_tokens: int | None = None  # prompt tokens not computed again thanks to it
     # The encoder's micro-batches, and vLLM's own count of unfinished requests
     batches_total: int | None = None
     engine_unfinished: int | None = None

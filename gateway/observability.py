@@ -127,6 +127,8 @@ class _EngineCollector:
         "kv_cache_tokens": ("gateway_kv_cache_tokens", "Token slots (rows x width) in the transformers engine's KV cache"),
         "kv_cache_capacity_tokens": ("gateway_kv_cache_capacity_tokens", "KV-cache budget of the transformers engine, in token slots"),
         "cpu_threads": ("gateway_cpu_threads", "Intra-op CPU threads the transformers engine decodes with now (chosen as it runs)"),
+        "prefix_cache_hits": ("gateway_prefix_cache_hits", "Prompts the transformers engine started from a kept prefix (since start)"),
+        "prefix_cache_reused_tokens": ("gateway_prefix_cache_reused_tokens", "Prompt tokens the prefix cache spared the transformers engine (since start)"),
     }
 
     def __init__(self, engine: Engine, model_name: str) -> None:

@@ -98,6 +98,7 @@ class Settings:
     max_num_seqs: int = field(default=EngineOptions.max_num_seqs, **_flag("Most sequences the transformers engine decodes together in one batch."))
     max_waiting: int = field(default=EngineOptions.max_waiting, **_flag("Most requests waiting for a batch slot; beyond it new requests get 429."))
     kv_cache_memory_gb: float = field(default=EngineOptions.kv_cache_memory_gb, **_flag("KV-cache memory bound of the transformers engine, in GiB; rows beyond it wait or are preempted."))
+    prefix_cache_memory_gb: float = field(default=EngineOptions.prefix_cache_memory_gb, **_flag("Transformers engine: GiB of finished sequences' KV kept, so that a prompt starting the same way (a chat's next turn, a shared system prompt) computes only the rest. 0 turns it off."))
     encoder_batch_wait_ms: float = field(default=EngineOptions.encoder_batch_wait_ms, **_flag("Milliseconds to gather more encoder requests before each forward pass. 0 (default): no wait; an idle encoder runs a request at once and requests that arrive during a pass share the next one."))
     encoder_max_batch: int = field(default=EngineOptions.encoder_max_batch, **_flag("Most inputs in one encoder forward pass."))
     # -- OpenAI surface ----------------------------------------------------------------------
@@ -161,7 +162,7 @@ class Settings:
                 out.append(f"--{name} must be at least 1, got {getattr(self, name)}.")
         if self.cpu_threads is not None and self.cpu_threads < 0:
             out.append(f"--cpu_threads must not be negative, got {self.cpu_threads}.")
-        for name in ("max_waiting", "encoder_batch_wait_ms", "shutdown_grace_period", "fill_mask_top_k", "predictor_request_retries"):
+        for name in ("max_waiting", "encoder_batch_wait_ms", "prefix_cache_memory_gb", "shutdown_grace_period", "fill_mask_top_k", "predictor_request_retries"):
             if getattr(self, name) < 0:
                 out.append(f"--{name} must not be negative, got {getattr(self, name)}.")
         for name in ("kv_cache_memory_gb", "chat_template_timeout", "timeout_request_headers", "timeout_request_body",

@@ -19,6 +19,7 @@ def load_engine(
     max_num_seqs: int = EngineOptions.max_num_seqs,
     max_waiting: int = EngineOptions.max_waiting,
     kv_cache_memory_gb: float = EngineOptions.kv_cache_memory_gb,
+    prefix_cache_memory_gb: float = EngineOptions.prefix_cache_memory_gb,
     encoder_batch_wait_ms: float = EngineOptions.encoder_batch_wait_ms,
     encoder_max_batch: int = EngineOptions.encoder_max_batch,
     cpu_threads: int | None = None,
@@ -40,6 +41,7 @@ def load_engine(
     engine.limits.max_num_seqs = max_num_seqs
     engine.limits.max_waiting = max_waiting
     engine.limits.kv_cache_tokens = int(kv_cache_memory_gb * (1 << 30)) // engine.kv_bytes_per_token
+    engine.limits.prefix_cache_tokens = int(prefix_cache_memory_gb * (1 << 30)) // engine.kv_bytes_per_token
     return EngineFrontend(engine)
 
 

@@ -32,6 +32,7 @@ import torch.nn.functional as F
 from engines.choice import ChoiceState, output_budget
 from engines.detokenizer import decode_prompt_pieces
 from engines.errors import EngineError, ErrorCode, deadline_exceeded
+from engines.hf.prefix_cache import MIN_REUSE, PrefixCache
 from engines.options import EngineOptions
 from engines.sampling import SequenceSampler, top_logprobs
 from engines.structured import Constraint, GrammarCompiler
@@ -43,6 +44,9 @@ log = logging.getLogger(__name__)
 
 Emit = Callable[[GenerationDelta | BaseException], None]
 SCORING_CHUNK = 256  # prompt tokens per forward pass when every position is scored (measured: 4x less memory than all at once, 18 % slower)
+# Prompts longer than this are prefilled a chunk at a time between decode steps, so that running
+# streams keep going (a 2,000-token prompt otherwise stalls them all for its whole prefill).
+PREFILL_CHUNK = 256
 
 
 @dataclass(eq=False)
@@ -71,6 +75,16 @@ class SchedulerLimits:
     max_num_seqs: int = EngineOptions.max_num_seqs  # rows decoded together
     max_waiting: int = EngineOptions.max_waiting  # queue places beyond the batch (the frontend admits up to max_num_seqs + max_waiting)
     kv_cache_tokens: int = 1 << 20  # padded rows x width the KV cache may hold
+    prefix_cache_tokens: int = 0  # KV of finished sequences kept for prompts that start the same way (0: off)
+
+
+@dataclass(eq=False)
+class _Prefill:
+    """A prompt being prefilled a chunk at a time: its own one-row cache and how far it got."""
+
+    seq: Sequence
+    cache: Any
+    done: int = 0  # context tokens whose KV is in `cache`
 
 
 @dataclass
@@ -125,10 +139,13 @@ class GenerationScheduler:
         self.steps_total = 0
         self.last_batch_size = 0
         self._texts: dict[int, str] = {}  # token id -> its text alone (logprob alternatives)
+        self._prefix: PrefixCache | None = None
+        self._prefilling: deque[_Prefill] = deque()  # long prompts, one chunk per step, oldest first
 
     # -- lifecycle ----------------------------------------------------------------------------
 
     def start(self) -> None:
+        self._prefix = PrefixCache(self.limits.prefix_cache_tokens) if self.limits.prefix_cache_tokens > 0 else None
         self._thread = threading.Thread(target=self._loop, name="hf-generation", daemon=True)
         self._thread.start()
 
@@ -183,6 +200,8 @@ class GenerationScheduler:
                 "kv_cache_tokens": 0 if self._batch is None else len(self._batch.rows) * self._batch.width,
                 "kv_cache_capacity_tokens": self.limits.kv_cache_tokens,
                 **({"cpu_threads": self.tuner.threads} if self.tuner is not None else {}),
+                **({"prefix_cache_hits": self._prefix.hits, "prefix_cache_reused_tokens": self._prefix.reused_tokens}
+                   if self._prefix is not None else {}),
             }
 
     # -- the loop -----------------------------------------------------------------------------
@@ -231,7 +250,7 @@ class GenerationScheduler:
             log.exception("warm-up forward pass failed")
         while True:
             with self._cond:
-                while not self._waiting and self._batch is None and not self._stopping:
+                while not self._waiting and self._batch is None and not self._prefilling and not self._stopping:
                     self._cond.wait()
                 if self._stopping:
                     stranded, self._waiting = list(self._waiting), deque()
@@ -250,8 +269,9 @@ class GenerationScheduler:
                 self._fail_all(EngineError(ErrorCode.INTERNAL, f"Generation failed: {type(exc).__name__}"))
 
     def _fail_all(self, error: EngineError) -> None:
-        rows = self._batch.rows if self._batch is not None else []
+        rows = (self._batch.rows if self._batch is not None else []) + [p.seq for p in self._prefilling]
         self._batch = None
+        self._prefilling.clear()
         for seq in rows:
             self._retire(seq)
             seq.emit(error)
@@ -264,6 +284,7 @@ class GenerationScheduler:
 
     def _step(self) -> None:
         self._admit()
+        self._prefill_chunk()
         batch = self._batch
         if batch is None:
             return
@@ -293,12 +314,25 @@ class GenerationScheduler:
                 continue
             if alive:
                 keep.append(i)
+            elif self._prefix is not None and not seq.cancelled:
+                self._keep_prefix(batch, i, seq)
         if len(keep) < len(batch.rows):
             self._select(keep)
         self._preempt_if_over_budget()
         if self._batch is not None:
             # Every surviving row feeds the token it just produced.
             self._decode([seq.generated[-1] for seq in self._batch.rows])
+
+    def _keep_prefix(self, batch: Batch, row: int, seq: Sequence) -> None:
+        """Copy a finished row's KV (prompt + output but the last token) into the prefix cache."""
+        assert self._prefix is not None
+        length, width = int(batch.lengths[row]), batch.width
+        layers = self._layers(batch.cache)
+        if length < MIN_REUSE or any(layer.keys.shape[2] != width for layer in layers):  # a sliding-window layer keeps less
+            return
+        kept = [(layer.keys[row : row + 1, :, width - length :].clone(), layer.values[row : row + 1, :, width - length :].clone())
+                for layer in layers]
+        self._prefix.store(seq.context[:length], kept)
 
     # -- batch surgery ------------------------------------------------------------------------
 
@@ -377,7 +411,7 @@ class GenerationScheduler:
         admitted: list[Sequence] = []
         now = time.monotonic()
         with self._cond:
-            running = 0 if self._batch is None else len(self._batch.rows)
+            running = (0 if self._batch is None else len(self._batch.rows)) + len(self._prefilling)
             width = 0 if self._batch is None else self._batch.width
             while self._waiting and running + len(admitted) < self.limits.max_num_seqs:
                 seq = self._waiting[0]
@@ -406,6 +440,13 @@ class GenerationScheduler:
             return
         scoring = [s for s in admitted if s.params.prompt_logprobs is not None and not s.generated]
         plain = [s for s in admitted if s not in scoring]
+        for seq in list(plain):
+            # A prompt that starts like a kept sequence is prefilled from that prefix; what is left
+            # of it, or a long prompt, a chunk per step (short ones in one batched pass below).
+            hit = self._prefix.lookup(seq.prompt_ids) if self._prefix is not None and self._prefix.tokens and not seq.generated else None
+            if hit is not None or len(seq.context) > PREFILL_CHUNK:
+                plain.remove(seq)
+                self._prefilling.append(self._chunked(seq, *(hit or (0, []))))
         if plain:
             self._prefill(plain)
         for seq in scoring:  # these need logits at every prompt position: one at a time, in chunks
@@ -425,6 +466,38 @@ class GenerationScheduler:
         cache = DynamicCache()
         logits = self._forward(input_ids, mask, positions, cache)
         self._merge(Batch(rows=list(seqs), cache=cache, mask=mask, lengths=mask.sum(dim=1), logits=logits[:, -1]))
+
+    def _chunked(self, seq: Sequence, length: int, layers: list[tuple[torch.Tensor, torch.Tensor]]) -> _Prefill:
+        """A chunked prefill that starts after the first `length` tokens, whose KV is `layers`."""
+        from transformers import DynamicCache
+
+        cache = DynamicCache()
+        for index, (keys, values) in enumerate(layers):
+            cache.update(keys, values, index)
+        return _Prefill(seq, cache, length)
+
+    def _prefill_chunk(self) -> None:
+        """One chunk of the oldest chunked prefill; a prompt whose last chunk is done joins the batch."""
+        while self._prefilling:
+            job = self._prefilling[0]
+            seq = job.seq
+            if seq.cancelled or (seq.deadline is not None and time.monotonic() > seq.deadline):
+                self._prefilling.popleft()
+                self._retire(seq)
+                if not seq.cancelled:
+                    seq.emit(deadline_exceeded())
+                continue
+            context = seq.context
+            end = min(len(context), job.done + PREFILL_CHUNK)
+            chunk = torch.tensor([context[job.done : end]], dtype=torch.long, device=self._device)
+            mask = torch.ones((1, end), dtype=torch.long, device=self._device)
+            positions = torch.arange(job.done, end, device=self._device).unsqueeze(0)
+            logits = self._forward(chunk, mask, positions, job.cache)
+            job.done = end
+            if end == len(context):
+                self._prefilling.popleft()
+                self._merge(Batch(rows=[seq], cache=job.cache, mask=mask, lengths=torch.tensor([end], device=self._device), logits=logits[:, -1]))
+            return
 
     def _scoring_prefill(self, seq: Sequence) -> None:
         """Prefill one prompt whose every token is scored (echo with logprobs, prompt_logprobs).
