@@ -96,8 +96,9 @@ test-vllm: vllm-env
 test-openvino: openvino-env
 	HF_GATEWAY_TEST_ENGINE=openvino $(OBIN)/python scripts/in_group.py -- $(OBIN)/python -m pytest -q $(PYTEST_ARGS) $(ENGINE_TESTS) tests/test_openvino_engine.py
 
-# Side-by-side serving benchmark (minutes; prints a table, writes docs/bench/).
-bench: install
+# Side-by-side serving benchmark: every engine and plain vLLM as a peer, one server at a time, plus
+# the multi-turn and long-prompt series (about 20 minutes; prints a table, writes docs/bench/).
+bench: install vllm-env openvino-env
 	$(BIN)/python -m pip install --quiet -e '.[bench]'
 	$(BIN)/python scripts/bench.py --compare --out-dir docs/bench
 

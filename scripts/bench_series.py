@@ -88,10 +88,8 @@ async def multi_turn(base: str, *, turns: int = 10, system_tokens: int = 1000, r
         last = messages[:-1]  # the last turn's request, as it was sent
         cold_messages = [{"role": "system", "content": "Preamble. " + system}, *last[1:]]
         cold, _ = await _chat(client, base, model, cold_messages, reply_tokens)
-        prompt_tokens = await _count(client, root, model, json.dumps(last))
     return {"series": "multi-turn", "turns": turns, "system_tokens": system_tokens, "ttft_ms": [round(t * 1000, 1) for t in ttfts],
-            "last_turn_ttft_ms": ttfts[-1] * 1000, "cold_ttft_ms": cold * 1000, "last_over_cold": ttfts[-1] / cold,
-            "last_turn_prompt_tokens_approx": prompt_tokens}
+            "last_turn_ttft_ms": ttfts[-1] * 1000, "cold_ttft_ms": cold * 1000, "last_over_cold": ttfts[-1] / cold}
 
 
 def _chunk_times(result: Any) -> list[tuple[float, float]]:

@@ -85,22 +85,35 @@ def gateway_process(args: list[str], python: str = sys.executable, *, grpc_port:
     process it started) afterwards, also when the caller fails."""
     port = free_port()
     grpc_args = ["--grpc_port", str(grpc_port)] if grpc_port else []
-    proc = subprocess.Popen(
-        [python, "-m", "gateway", "--host", "127.0.0.1", "--http_port", str(port), *grpc_args, "--disable_log_requests", *args],
-        cwd=ROOT, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True,
-    )
-    base = f"http://127.0.0.1:{port}"
+    cmd = [python, "-m", "gateway", "--host", "127.0.0.1", "--http_port", str(port), *grpc_args, "--disable_log_requests", *args]
+    with _serving(cmd, f"http://127.0.0.1:{port}", "/openai/v1/models") as proc:
+        yield f"http://127.0.0.1:{port}", proc
+
+
+@contextlib.contextmanager
+def plain_vllm_process(python: str, model_dir: str, args: list[str]) -> Iterator[str]:
+    """vLLM's own OpenAI server (the peer we measure against); yields its /v1 base URL."""
+    port = free_port()
+    cmd = [python, "-m", "vllm.entrypoints.openai.api_server", "--host", "127.0.0.1", "--port", str(port), "--model", model_dir,
+           "--served-model-name", "model", "--disable-log-stats", *args]
+    with _serving(cmd, f"http://127.0.0.1:{port}", "/v1/models"):
+        yield f"http://127.0.0.1:{port}/v1"
+
+
+@contextlib.contextmanager
+def _serving(cmd: list[str], base: str, probe: str) -> Iterator[subprocess.Popen]:
+    proc = subprocess.Popen(cmd, cwd=ROOT, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
     try:
         deadline = time.monotonic() + 900  # a hang guard: a loaded machine starts vLLM slowly
         while True:
             if proc.poll() is not None:
-                raise RuntimeError(f"server {args} exited with {proc.returncode}")
+                raise RuntimeError(f"server {cmd} exited with {proc.returncode}")
             with contextlib.suppress(httpx.HTTPError):
-                if httpx.get(f"{base}/openai/v1/models", timeout=1).status_code == 200:
+                if httpx.get(f"{base}{probe}", timeout=1).status_code == 200:
                     break
             if time.monotonic() > deadline:
                 raise RuntimeError("server did not start")
             time.sleep(0.3)
-        yield base, proc
+        yield proc
     finally:
         stop_group(proc)
