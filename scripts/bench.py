@@ -350,7 +350,7 @@ def plot(rows: list[dict[str, Any]], path: Path) -> None:
     fig, (ax1, ax2) = plt.subplots(1, 2, figsize=(11, 4))
     labels = sorted({r["label"] for r in rows if r["endpoint"] == "completions"})
     for label in labels:
-        series = sorted((r for r in rows if r["label"] == label), key=lambda r: r["concurrency"])
+        series = sorted((r for r in rows if r["label"] == label and r["endpoint"] == "completions"), key=lambda r: r["concurrency"])
         xs = [r["concurrency"] for r in series]
         ax1.plot(xs, [r["output_throughput"] for r in series], marker="o", label=label)
         ax2.plot(xs, [r["median_ttft_ms"] for r in series], marker="o", label=label)

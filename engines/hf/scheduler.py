@@ -284,44 +284,50 @@ class GenerationScheduler:
 
     def _step(self) -> None:
         self._admit()
-        self._prefill_chunk()
+        ready = self._prefill_chunk()
         batch = self._batch
-        if batch is None:
+        if batch is None and ready is None:
             return
         self.steps_total += 1
-        self.last_batch_size = len(batch.rows)
-        keep: list[int] = []
         now = time.monotonic()
-        for i, seq in enumerate(batch.rows):
-            if seq.cancelled:
-                self._retire(seq)
-                continue
-            if seq.deadline is not None and now > seq.deadline:
-                self._retire(seq)
-                seq.emit(deadline_exceeded())
-                continue
-            try:
-                alive = self._advance(seq, batch.logits[i])
-            except EngineError as exc:  # the request's own fault (a constraint it set): its error, alone
-                log.info("request %s ended: %s", seq.request_id, exc.message)
-                self._retire(seq)
-                seq.emit(exc)
-                continue
-            except Exception as exc:  # one row's fault (a processor) is its own
-                log.exception("request %s failed", seq.request_id)
-                self._retire(seq)
-                seq.emit(EngineError(ErrorCode.INTERNAL, f"Generation failed: {type(exc).__name__}"))
-                continue
-            if alive:
-                keep.append(i)
-            elif self._prefix is not None and not seq.cancelled:
-                self._keep_prefix(batch, i, seq)
-        if len(keep) < len(batch.rows):
-            self._select(keep)
+        if batch is not None:
+            self.last_batch_size = len(batch.rows)
+            keep = [i for i, seq in enumerate(batch.rows) if self._advance_row(batch, i, seq, now)]
+            if len(keep) < len(batch.rows):
+                self._select(keep)
+        # A prompt whose chunked prefill just ended picks its first token before it joins the
+        # batch: one that ends there (max_tokens 1, an immediate EOS) never widens everybody's cache.
+        if ready is not None and self._advance_row(ready, 0, ready.rows[0], now):
+            self._merge(ready)
         self._preempt_if_over_budget()
         if self._batch is not None:
             # Every surviving row feeds the token it just produced.
             self._decode([seq.generated[-1] for seq in self._batch.rows])
+
+    def _advance_row(self, batch: Batch, i: int, seq: Sequence, now: float) -> bool:
+        """One row's next token (from `batch.logits[i]`); False when the row has left for good."""
+        if seq.cancelled:
+            self._retire(seq)
+            return False
+        if seq.deadline is not None and now > seq.deadline:
+            self._retire(seq)
+            seq.emit(deadline_exceeded())
+            return False
+        try:
+            alive = self._advance(seq, batch.logits[i])
+        except EngineError as exc:  # the request's own fault (a constraint it set): its error, alone
+            log.info("request %s ended: %s", seq.request_id, exc.message)
+            self._retire(seq)
+            seq.emit(exc)
+            return False
+        except Exception as exc:  # one row's fault (a processor) is its own
+            log.exception("request %s failed", seq.request_id)
+            self._retire(seq)
+            seq.emit(EngineError(ErrorCode.INTERNAL, f"Generation failed: {type(exc).__name__}"))
+            return False
+        if not alive and self._prefix is not None and not seq.cancelled:
+            self._keep_prefix(batch, i, seq)
+        return alive
 
     def _keep_prefix(self, batch: Batch, row: int, seq: Sequence) -> None:
         """Copy a finished row's KV (prompt + output but the last token) into the prefix cache."""
@@ -476,8 +482,9 @@ class GenerationScheduler:
             cache.update(keys, values, index)
         return _Prefill(seq, cache, length)
 
-    def _prefill_chunk(self) -> None:
-        """One chunk of the oldest chunked prefill; a prompt whose last chunk is done joins the batch."""
+    def _prefill_chunk(self) -> Batch | None:
+        """One chunk of the oldest chunked prefill; a prompt whose last chunk is done comes back as
+        a one-row batch (its first token not yet chosen)."""
         while self._prefilling:
             job = self._prefilling[0]
             seq = job.seq
@@ -494,10 +501,11 @@ class GenerationScheduler:
             positions = torch.arange(job.done, end, device=self._device).unsqueeze(0)
             logits = self._forward(chunk, mask, positions, job.cache)
             job.done = end
-            if end == len(context):
-                self._prefilling.popleft()
-                self._merge(Batch(rows=[seq], cache=job.cache, mask=mask, lengths=torch.tensor([end], device=self._device), logits=logits[:, -1]))
-            return
+            if end < len(context):
+                return None
+            self._prefilling.popleft()
+            return Batch(rows=[seq], cache=job.cache, mask=mask, lengths=torch.tensor([end], device=self._device), logits=logits[:, -1])
+        return None
 
     def _scoring_prefill(self, seq: Sequence) -> None:
         """Prefill one prompt whose every token is scored (echo with logprobs, prompt_logprobs).
