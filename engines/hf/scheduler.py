@@ -44,8 +44,9 @@ log = logging.getLogger(__name__)
 
 Emit = Callable[[GenerationDelta | BaseException], None]
 SCORING_CHUNK = 256  # prompt tokens per forward pass when every position is scored (measured: 4x less memory than all at once, 18 % slower)
-# Prompts longer than this are prefilled a chunk at a time between decode steps, so that running
-# streams keep going (a 2,000-token prompt otherwise stalls them all for its whole prefill).
+# Prompts longer than this are prefilled a chunk at a time between decode steps while other
+# streams run, so that they keep going (a 2,000-token prompt otherwise stalls them all for its
+# whole prefill).
 PREFILL_CHUNK = 256
 
 
@@ -495,7 +496,9 @@ class GenerationScheduler:
                     seq.emit(deadline_exceeded())
                 continue
             context = seq.context
-            end = min(len(context), job.done + PREFILL_CHUNK)
+            # Chunks only protect running streams: with none, the rest goes in one pass (faster:
+            # measured 2.5 s against 4.5 s in 256-token chunks for a lone 1,700-token prompt).
+            end = min(len(context), job.done + PREFILL_CHUNK) if self._batch is not None else len(context)
             chunk = torch.tensor([context[job.done : end]], dtype=torch.long, device=self._device)
             mask = torch.ones((1, end), dtype=torch.long, device=self._device)
             positions = torch.arange(job.done, end, device=self._device).unsqueeze(0)
