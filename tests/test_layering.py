@@ -59,7 +59,7 @@ def full_imports(package: str) -> dict[str, set[str]]:
     return found
 
 
-BACKENDS = {"engines/hf": "engines.hf", "engines/vllm": "engines.vllm"}
+BACKENDS = {"engines/hf": "engines.hf", "engines/vllm": "engines.vllm", "engines/openvino": "engines.openvino"}
 
 
 def test_no_backend_imports_another_backend():
