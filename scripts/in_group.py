@@ -5,14 +5,20 @@
 Whatever the command started and left behind (a server a failing test did not stop, vLLM's engine
 and worker processes, template workers) is stopped with it: SIGTERM to the group, then SIGKILL.
 Ctrl-C or SIGTERM to this script go to the group. The exit status is the command's.
+
+The command gets a temporary directory of its own (TMPDIR), removed when the group is stopped: what
+the run leaves there (vLLM's IPC sockets, torch's compile cache, pytest's tmp_path folders) does not
+pile up run after run on the machine's disk.
 """
 
 from __future__ import annotations
 
 import os
+import shutil
 import signal
 import subprocess
 import sys
+import tempfile
 import time
 
 
@@ -22,7 +28,9 @@ def main() -> None:
         argv = argv[1:]
     if not argv:
         raise SystemExit("usage: in_group.py -- COMMAND [ARGS...]")
-    proc = subprocess.Popen(argv, start_new_session=True)
+    tmpdir = tempfile.mkdtemp(prefix="hf-gateway-run-")
+    env = {**os.environ, "TMPDIR": tmpdir}
+    proc = subprocess.Popen(argv, start_new_session=True, env=env)
 
     def forward(sig: int, frame: object) -> None:
         try:
@@ -45,6 +53,7 @@ def main() -> None:
             except ProcessLookupError:
                 break
             time.sleep(0.1)
+    shutil.rmtree(tmpdir, ignore_errors=True)
     raise SystemExit(status if status >= 0 else 128 - status)
 
 
