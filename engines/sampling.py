@@ -26,6 +26,20 @@ def make_generator(seed: int | None, device: torch.device) -> torch.Generator:
     return gen
 
 
+def draw(probs: torch.Tensor, generator: torch.Generator) -> torch.Tensor:
+    """One draw per row of `probs` ([vocab] or [rows, vocab], not necessarily normalised), by
+    inverting the cumulative distribution with one uniform number per row. (`torch.multinomial`
+    draws one exponential number per vocabulary entry: 37 ms for 32 rows of 49,152 here, against
+    7 ms this way.) The cumulative sum is in float64, so the chance of a token is its share of
+    the total to ~1e-12, and a token of probability 0 is never drawn (`right=True`: the first
+    index whose cumulative sum exceeds the draw)."""
+    rows = probs.reshape(-1, probs.shape[-1])
+    cdf = torch.cumsum(rows, dim=-1, dtype=torch.float64)
+    u = torch.rand(rows.shape[0], 1, generator=generator, dtype=torch.float64, device=probs.device) * cdf[:, -1:]
+    tokens = torch.searchsorted(cdf, u, right=True).clamp_(max=rows.shape[-1] - 1).squeeze(1)
+    return tokens if probs.dim() > 1 else tokens[0]
+
+
 def sample_next(logits: torch.Tensor, params: GenerationParams, generator: torch.Generator) -> int:
     """Pick one token id from processed 1-D logits: greedy, or temperature/top-k/top-p/min-p."""
     if params.greedy:
@@ -44,7 +58,22 @@ def sample_next(logits: torch.Tensor, params: GenerationParams, generator: torch
     probs = torch.softmax(scores, dim=-1)
     if params.min_p > 0.0:
         probs = probs.masked_fill(probs < params.min_p * probs.max(), 0.0)
-    return int(torch.multinomial(probs, 1, generator=generator))
+    return int(draw(probs, generator))
+
+
+def choose_plain_rows(logits: torch.Tensor, temperatures: Sequence[float], generator: torch.Generator) -> list[int]:
+    """One token per row of `logits` [rows, vocab] for rows that need no processing (see
+    `SequenceSampler.plain`): argmax where the temperature is 0, else one draw per row from the
+    softmax at that row's temperature, all rows in one call (the batch's shared RNG: none of these
+    rows asked for a seed)."""
+    temps = torch.tensor(temperatures, dtype=torch.float32, device=logits.device)
+    greedy = temps == 0
+    tokens = torch.argmax(logits, dim=-1)
+    if not bool(greedy.all()):
+        scores = logits.float() / torch.where(greedy, 1.0, temps).unsqueeze(1)
+        drawn = draw(torch.softmax(scores, dim=-1), generator)
+        tokens = torch.where(greedy, tokens, drawn)
+    return tokens.tolist()
 
 
 class SequenceSampler:
@@ -74,6 +103,17 @@ class SequenceSampler:
             self._bias = torch.zeros(vocab_size, dtype=torch.float32, device=device)
             ids, values = zip(*params.logit_bias)
             self._bias[torch.tensor(ids, dtype=torch.long, device=device)] = torch.tensor(values, device=device)
+
+    def plain(self, generated: int) -> bool:
+        """True when this step's token needs none of the processors and no private RNG: greedy, or
+        plain temperature sampling without a seed, and nothing to bias, penalise or block. Such
+        rows are sampled together (`choose_plain_rows`); the rest one at a time."""
+        p = self.params
+        return (
+            self._bias is None and self._seen is None and self._counts is None
+            and (generated >= p.min_tokens or not self._blocked.numel())
+            and (p.greedy or (p.seed is None and p.top_k <= 0 and p.top_p >= 1.0 and p.min_p <= 0.0))
+        )
 
     def process(
         self, logits: torch.Tensor, generated: int, constrain: Callable[[torch.Tensor], torch.Tensor] | None = None

@@ -10,9 +10,11 @@ The scheduler owns the model. Every iteration is one *step*:
 3. drop finished, aborted and expired rows from the batch at once (their KV memory goes with them);
 4. one decode forward pass for all remaining rows gives everybody's next logits.
 
-Rows of different lengths share one left-padded KV cache (a transformers `DynamicCache`) with a
-2-D attention mask and per-row position ids. When the cache outgrows its budget the newest row is
-preempted: it leaves the batch and is re-admitted later by recomputing prompt + output so far.
+Rows of different lengths share one left-padded KV cache with a 2-D attention mask and per-row
+position ids. The cache is preallocated (`engines.hf.kv_cache`): a decode step writes one column in
+place, a finished row is overwritten by the last row, a joining row goes into a spare row. When the
+cache outgrows its budget the newest row is preempted: it leaves the batch and is re-admitted later
+by recomputing prompt + output so far.
 """
 
 from __future__ import annotations
@@ -32,9 +34,10 @@ import torch.nn.functional as F
 from engines.choice import ChoiceState, output_budget
 from engines.detokenizer import decode_prompt_pieces
 from engines.errors import EngineError, ErrorCode, deadline_exceeded
+from engines.hf.kv_cache import SlabLayer, new_cache
 from engines.hf.prefix_cache import MIN_REUSE, PrefixCache
 from engines.options import EngineOptions
-from engines.sampling import SequenceSampler, top_logprobs
+from engines.sampling import SequenceSampler, choose_plain_rows, make_generator, top_logprobs
 from engines.structured import Constraint, GrammarCompiler
 from engines.threads import ThreadTuner
 from engines.tokenizer import Tokenizer
@@ -64,6 +67,7 @@ class Sequence:
     sampler: SequenceSampler | None = None
     constraint: Constraint | None = None
     preempted: int = 0
+    admitted: int = 0  # admission order: the newest row is the one preempted
 
     @property
     def context(self) -> list[int]:
@@ -93,7 +97,7 @@ class Batch:
     """The running rows and their shared, left-padded KV cache."""
 
     rows: list[Sequence]
-    cache: Any  # DynamicCache with [rows, heads, width, head_dim] layers
+    cache: Any  # a transformers cache whose layers are `SlabLayer`s ([rows, heads, width, head_dim] views)
     mask: torch.Tensor  # [rows, width], 1 where a real token is
     lengths: torch.Tensor  # [rows], real tokens per row (= next position id)
     logits: torch.Tensor  # [rows, vocab], the pending next-token logits
@@ -138,6 +142,8 @@ class GenerationScheduler:
         self.completed_total = 0
         self.preempted_total = 0
         self.steps_total = 0
+        self._admissions = 0
+        self._rng = make_generator(None, self._device)  # rows that sample together and asked for no seed
         self.last_batch_size = 0
         self._texts: dict[int, str] = {}  # token id -> its text alone (logprob alternatives)
         self._prefix: PrefixCache | None = None
@@ -220,11 +226,9 @@ class GenerationScheduler:
 
     def _warm_up(self) -> None:
         """One tiny forward pass, so the first request does not pay for lazy initialisation."""
-        from transformers import DynamicCache
-
         ids = torch.tensor([(self._tok.encode("Hello", add_special_tokens=False) or [0])[:1]], device=self._device)
         with torch.inference_mode():
-            self._forward(ids, torch.ones_like(ids), torch.zeros_like(ids), DynamicCache())
+            self._forward(ids, torch.ones_like(ids), torch.zeros_like(ids), new_cache())
 
     def _loop(self) -> None:
         """The thread's body. If it ever dies, nobody may wait on it: every request fails at
@@ -293,7 +297,8 @@ class GenerationScheduler:
         now = time.monotonic()
         if batch is not None:
             self.last_batch_size = len(batch.rows)
-            keep = [i for i, seq in enumerate(batch.rows) if self._advance_row(batch, i, seq, now)]
+            chosen = self._choose_plain(batch)
+            keep = [i for i, seq in enumerate(batch.rows) if self._advance_row(batch, i, seq, now, chosen.get(i))]
             if len(keep) < len(batch.rows):
                 self._select(keep)
         # A prompt whose chunked prefill just ended picks its first token before it joins the
@@ -305,8 +310,23 @@ class GenerationScheduler:
             # Every surviving row feeds the token it just produced.
             self._decode([seq.generated[-1] for seq in self._batch.rows])
 
-    def _advance_row(self, batch: Batch, i: int, seq: Sequence, now: float) -> bool:
-        """One row's next token (from `batch.logits[i]`); False when the row has left for good."""
+    def _choose_plain(self, batch: Batch) -> dict[int, int]:
+        """The next token of every row that needs no logits processing, chosen for all of them in
+        one vectorised call (row index -> token); the other rows choose in `_advance`."""
+        rows = [
+            i for i, seq in enumerate(batch.rows)
+            if not seq.cancelled and seq.constraint is None and seq.sampler is not None and seq.choice is not None
+            and seq.sampler.plain(seq.choice.count)
+        ]
+        if not rows:
+            return {}
+        logits = batch.logits if len(rows) == len(batch.rows) else batch.logits.index_select(0, torch.tensor(rows, device=self._device))
+        tokens = choose_plain_rows(logits, [batch.rows[i].params.temperature for i in rows], self._rng)
+        return dict(zip(rows, tokens))
+
+    def _advance_row(self, batch: Batch, i: int, seq: Sequence, now: float, token: int | None = None) -> bool:
+        """One row's next token (`token` if already chosen, else from `batch.logits[i]`); False
+        when the row has left for good."""
         if seq.cancelled:
             self._retire(seq)
             return False
@@ -315,7 +335,7 @@ class GenerationScheduler:
             seq.emit(deadline_exceeded())
             return False
         try:
-            alive = self._advance(seq, batch.logits[i])
+            alive = self._advance(seq, batch.logits[i], token)
         except EngineError as exc:  # the request's own fault (a constraint it set): its error, alone
             log.info("request %s ended: %s", seq.request_id, exc.message)
             self._retire(seq)
@@ -343,20 +363,27 @@ class GenerationScheduler:
 
     # -- batch surgery ------------------------------------------------------------------------
 
-    def _layers(self, cache: Any) -> list[Any]:
+    def _layers(self, cache: Any) -> list[SlabLayer]:
         return list(cache.layers)
 
     def _select(self, keep: list[int]) -> None:
+        """Keep only rows `keep` (ascending). A row that leaves is overwritten by a kept row from
+        the end of the batch, so only the moved rows' KV is copied; the rows' order changes."""
         batch = self._batch
         assert batch is not None
         if not keep:
             self._batch = None
             return
-        index = torch.tensor(keep, dtype=torch.long, device=self._device)
+        n, kept = len(keep), set(keep)
+        holes = [i for i in range(n) if i not in kept]
+        movers = [i for i in keep if i >= n]  # as many as there are holes
+        order = list(range(n))
+        for hole, mover in zip(holes, movers):
+            order[hole] = mover
         for layer in self._layers(batch.cache):
-            layer.keys = layer.keys.index_select(0, index)
-            layer.values = layer.values.index_select(0, index)
-        batch.rows = [batch.rows[i] for i in keep]
+            layer.move_rows(holes, movers, n)
+        index = torch.tensor(order, dtype=torch.long, device=self._device)
+        batch.rows = [batch.rows[i] for i in order]
         batch.mask = batch.mask.index_select(0, index)
         batch.lengths = batch.lengths.index_select(0, index)
         batch.logits = batch.logits.index_select(0, index)
@@ -365,17 +392,14 @@ class GenerationScheduler:
         first = int(used[0]) if used.numel() else batch.width
         if first > 0:
             for layer in self._layers(batch.cache):
-                layer.keys = layer.keys[:, :, first:]
-                layer.values = layer.values[:, :, first:]
+                layer.drop_left(first)
             batch.mask = batch.mask[:, first:]
 
-    @staticmethod
-    def _pad_left(batch: Batch, extra: int) -> None:
+    def _pad_left(self, batch: Batch, extra: int) -> None:
         if extra <= 0:
             return
-        for layer in batch.cache.layers:
-            layer.keys = F.pad(layer.keys, (0, 0, extra, 0))
-            layer.values = F.pad(layer.values, (0, 0, extra, 0))
+        for layer in self._layers(batch.cache):
+            layer.pad_left(extra)
         batch.mask = F.pad(batch.mask, (extra, 0))
 
     def _merge(self, new: Batch) -> None:
@@ -387,8 +411,7 @@ class GenerationScheduler:
         self._pad_left(old, width - old.width)
         self._pad_left(new, width - new.width)
         for a, b in zip(self._layers(old.cache), self._layers(new.cache)):
-            a.keys = torch.cat([a.keys, b.keys], dim=0)
-            a.values = torch.cat([a.values, b.values], dim=0)
+            a.append_rows(b.keys, b.values)
         old.rows += new.rows
         old.mask = torch.cat([old.mask, new.mask], dim=0)
         old.lengths = torch.cat([old.lengths, new.lengths], dim=0)
@@ -427,6 +450,8 @@ class GenerationScheduler:
                 if running + len(admitted) > 0 and not self._fits(running + len(admitted) + 1, needed):
                     break
                 self._waiting.popleft()
+                self._admissions += 1
+                seq.admitted = self._admissions
                 admitted.append(seq)
                 width = needed
         for seq in list(admitted):
@@ -460,8 +485,6 @@ class GenerationScheduler:
             self._scoring_prefill(seq)
 
     def _prefill(self, seqs: list[Sequence]) -> None:
-        from transformers import DynamicCache
-
         contexts = [s.context for s in seqs]
         width = max(len(c) for c in contexts)
         input_ids = torch.full((len(seqs), width), self._pad_id, dtype=torch.long, device=self._device)
@@ -470,15 +493,13 @@ class GenerationScheduler:
             input_ids[row, width - len(ctx) :] = torch.tensor(ctx, dtype=torch.long)
             mask[row, width - len(ctx) :] = 1
         positions = (mask.cumsum(dim=1) - 1).clamp(min=0)
-        cache = DynamicCache()
+        cache = new_cache()
         logits = self._forward(input_ids, mask, positions, cache)
         self._merge(Batch(rows=list(seqs), cache=cache, mask=mask, lengths=mask.sum(dim=1), logits=logits[:, -1]))
 
     def _chunked(self, seq: Sequence, length: int, layers: list[tuple[torch.Tensor, torch.Tensor]]) -> _Prefill:
         """A chunked prefill that starts after the first `length` tokens, whose KV is `layers`."""
-        from transformers import DynamicCache
-
-        cache = DynamicCache()
+        cache = new_cache()
         for index, (keys, values) in enumerate(layers):
             cache.update(keys, values, index)
         return _Prefill(seq, cache, length)
@@ -517,14 +538,12 @@ class GenerationScheduler:
         full-vocabulary logits exist for one chunk at a time: memory grows with what is returned
         (k alternatives per token), not with prompt length x vocabulary. Between chunks the
         request may be cancelled or run out of time."""
-        from transformers import DynamicCache
-
         assert seq.choice is not None
         params, prompt = seq.params, seq.prompt_ids
         k = params.prompt_logprobs or 0
         pieces = decode_prompt_pieces(self._tok, prompt, skip_special_tokens=params.skip_special_tokens)
         scored: list[TokenLogprob | None] = [None]
-        cache = DynamicCache()
+        cache = new_cache()
         last = None
         for start in range(0, len(prompt), SCORING_CHUNK):
             if seq.cancelled or (seq.deadline is not None and time.monotonic() > seq.deadline):
@@ -585,8 +604,9 @@ class GenerationScheduler:
         """Before a decode step widens the cache: if it would not fit, send the newest rows back."""
         batch = self._batch
         while batch is not None and len(batch.rows) > 1 and not self._fits(len(batch.rows), batch.width + 1):
-            victim = batch.rows[-1]
-            self._select(list(range(len(batch.rows) - 1)))
+            newest = max(range(len(batch.rows)), key=lambda i: batch.rows[i].admitted)
+            victim = batch.rows[newest]
+            self._select([i for i in range(len(batch.rows)) if i != newest])
             batch = self._batch
             victim.preempted += 1
             with self._cond:
@@ -604,13 +624,15 @@ class GenerationScheduler:
     def _alternatives(self, logprobs: torch.Tensor, k: int) -> tuple[tuple[int, str, float], ...]:
         return tuple((i, self._token_text(i), lp) for i, lp in top_logprobs(logprobs, k))
 
-    def _advance(self, seq: Sequence, logits: torch.Tensor) -> bool:
-        """Pick, record and emit this row's next token; False when the row is done."""
+    def _advance(self, seq: Sequence, logits: torch.Tensor, token: int | None = None) -> bool:
+        """Pick (unless `token` was chosen with the batch), record and emit this row's next token;
+        False when the row is done."""
         params = seq.params
         choice, sampler, constraint = seq.choice, seq.sampler, seq.constraint
         assert choice is not None and sampler is not None
-        processed = sampler.process(logits, choice.count, constraint.apply if constraint else None)
-        token = sampler.choose(processed)
+        if token is None:
+            processed = sampler.process(logits, choice.count, constraint.apply if constraint else None)
+            token = sampler.choose(processed)
         sampler.observe(token)
         if constraint is not None:
             constraint.advance(token)
