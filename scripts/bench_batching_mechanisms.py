@@ -20,6 +20,7 @@ import uuid
 import torch
 
 from engines import GenerationParams, RequestContext
+from engines.frontend import EngineFrontend
 from engines.hf import HFEngine
 from engines.loader import ModelSpec, load_model
 
@@ -29,7 +30,7 @@ def prompts(n: int, length: int, seed: int) -> list[list[int]]:
     return [[rng.randrange(1000, 20000) for _ in range(length)] for _ in range(n)]
 
 
-def ours(engine: HFEngine, batch: list[list[int]], out_len: int) -> float:
+def ours(engine: EngineFrontend, batch: list[list[int]], out_len: int) -> float:
     async def one(ids: list[int]) -> int:
         params = GenerationParams(max_tokens=out_len, temperature=0, ignore_eos=True)
         count = 0
@@ -73,7 +74,7 @@ def main() -> None:
 
     loaded = load_model(ModelSpec(dtype=args.dtype))
     pad = loaded.hf_tokenizer.pad_token_id
-    engine = HFEngine(loaded, served_name="bench")
+    engine = EngineFrontend(HFEngine(loaded, served_name="bench"))
     asyncio.run(engine.start())
     ours(engine, prompts(2, args.input_len, 99), 4)  # warm-up
     print(f"dtype={loaded.dtype} input={args.input_len} output={args.output_len} (output tokens/s)")
