@@ -8,6 +8,10 @@ scheduler does (rows that finish, rows that join, padding columns that go) moves
 must: a finished row is replaced by the last row (one row copied, not the whole cache), a joining
 row is written into a spare row, trimmed padding only moves `lo`.
 
+Spare room costs memory: up to a quarter more rows (at least 4) and 64 more columns than are
+live. The scheduler's KV budget (`--kv_cache_memory_gb`) counts live tokens, so the buffers can
+hold that much more than the budget says.
+
 Layout, as before: rows are left-padded, so every row's newest token is at column `hi - 1`.
 Columns left of a row's real tokens are masked out by the attention mask, but are kept finite
 (zeros): a masked score gets weight 0, and 0 x NaN would still be NaN.
