@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
+import difflib
 import os
 import sys
 from collections.abc import Callable, Mapping, Sequence
@@ -180,7 +181,18 @@ class Settings:
         return out
 
     def unknown_flags_error(self, hint: str = "") -> str:
-        return f"hf-gateway: error: unknown flag(s): {' '.join(self.engine_args)}{hint}. Run `hf-gateway --help` for the list of flags."
+        flags = [f for f in self.engine_args if f.startswith("-")]
+        guesses = [(flag, g) for flag, g in ((f, did_you_mean(f)) for f in flags) if g]
+        if len(flags) == 1 and guesses:
+            guess = f" (did you mean {guesses[0][1]}?)"
+        else:
+            guess = f" (did you mean {', '.join(f'{g} for {flag}' for flag, g in guesses)}?)" if guesses else ""
+        return (f"hf-gateway: error: unknown flag(s): {' '.join(self.engine_args)}{guess}{hint}. "
+                "Run `hf-gateway --help` for the list of flags.")
+
+    def engine_flags_rejected_early(self, vllm_installed: bool) -> bool:
+        """True when flags nobody defines cannot be vLLM's here: say so before the heavy imports."""
+        return bool(self.engine_args) and (not vllm_installed or self.backend in ("huggingface", "openvino") or bool(self.predictor_host))
 
     def section(self, cls: type[Section], **overrides: Any) -> Section:
         """A part's section of the settings (`EngineOptions`, `RequestLimits`, `KServeOptions`):
@@ -190,6 +202,48 @@ class Settings:
 
     def replace(self, **changes: Any) -> Settings:
         return dataclasses.replace(self, **changes)
+
+
+# What other servers call our flags: the names a newcomer types first.
+_OTHER_NAMES = {
+    "--port": "--http_port", "--http-port": "--http_port", "--grpc-port": "--grpc_port", "--model": "--model_id",
+    "--model-path": "--model_dir", "--served-model-name": "--model_name", "--api-key": "--api_key",
+    "--max-num-seqs": "--max_num_seqs", "--max-model-len": "--max_model_len", "--device": "--backend",
+    "--threads": "--cpu_threads", "--num-threads": "--cpu_threads",
+}
+
+
+def did_you_mean(flag: str) -> str | None:
+    """The flag the user probably meant by `flag` (an unknown one), or None."""
+    name = flag.split("=", 1)[0]
+    if name in _OTHER_NAMES:
+        return _OTHER_NAMES[name]
+    known = [o for a in build_parser()._actions for o in a.option_strings if o.startswith("--")]
+    close = difflib.get_close_matches(name.replace("-", "_").replace("__", "--", 1), known, n=1, cutoff=0.75)
+    return close[0] if close else None
+
+
+def version_text() -> str:
+    """`hf-gateway --version`: this package, Python, and the engines' packages (read from their
+    metadata, nothing imported)."""
+    import importlib.metadata as md
+    import platform
+
+    def of(dist: str) -> str:
+        try:
+            return md.version(dist)
+        except md.PackageNotFoundError:
+            return "not installed"
+
+    engines = ", ".join(f"{label} {of(dist)}" for label, dist in (
+        ("torch", "torch"), ("transformers", "transformers"), ("vLLM", "vllm"), ("OpenVINO GenAI", "openvino-genai")))
+    return f"hf-gateway {of('hf-gateway')} (Python {platform.python_version()})\nengines: {engines}"
+
+
+class _Version(argparse.Action):
+    def __call__(self, parser: argparse.ArgumentParser, *args: Any, **kwargs: Any) -> NoReturn:
+        print(version_text())  # as written: argparse's own version action re-wraps the lines
+        parser.exit(0)
 
 
 def _values(namespace: argparse.Namespace) -> dict[str, Any]:
@@ -253,6 +307,7 @@ def build_parser(env: Mapping[str, str] | None = None) -> argparse.ArgumentParse
         if meta["choices"]:
             kwargs["choices"] = meta["choices"]
         parser.add_argument(*spellings, **kwargs)
+    parser.add_argument("--version", "-V", action=_Version, nargs=0, dest=argparse.SUPPRESS, default=argparse.SUPPRESS, help="print the version and the engines installed, then exit")
     return parser
 
 

@@ -85,3 +85,33 @@ def test_importing_does_not_parse_argv():
     code = "import gateway.settings, gateway.server; print('ok')"
     out = subprocess.run([sys.executable, "-c", code, "--bogus-flag"], capture_output=True, text=True)
     assert out.returncode == 0 and out.stdout.strip() == "ok", out.stderr
+
+
+def test_version_names_the_package_and_the_engines_without_starting_anything():
+    out = subprocess.run([sys.executable, "-m", "gateway", "--version"], capture_output=True, text=True, timeout=120)
+    assert out.returncode == 0, out.stderr
+    first, second = out.stdout.splitlines()
+    assert first.startswith("hf-gateway 0.") and "Python 3." in first
+    assert second.startswith("engines: torch ") and "transformers " in second and "vLLM " in second and "OpenVINO GenAI " in second
+
+
+def test_did_you_mean_knows_typos_and_other_servers_names():
+    from gateway.settings import did_you_mean
+
+    assert did_you_mean("--port") == "--http_port"  # vLLM's, uvicorn's
+    assert did_you_mean("--model") == "--model_id"
+    assert did_you_mean("--http-prot") == "--http_port"
+    assert did_you_mean("--max_num_seq=3") == "--max_num_seqs"
+    assert did_you_mean("--frobnicate") is None
+
+
+def test_an_unknown_flag_that_cannot_be_vllms_fails_before_any_model_work():
+    """With --backend huggingface no flag can be vLLM's: exit 2 with a suggestion, from the flag
+    check alone (the model is never looked for: a missing --model_dir would be a different error)."""
+    out = subprocess.run(
+        [sys.executable, "-m", "gateway", "--backend", "huggingface", "--model_dir", "/nonexistent", "--port", "9"],
+        capture_output=True, text=True, timeout=120,
+    )
+    assert out.returncode == 2
+    assert "unknown flag(s): --port 9 (did you mean --http_port?)" in out.stderr
+    assert "/nonexistent" not in out.stderr and "Traceback" not in out.stderr
