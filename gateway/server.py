@@ -22,6 +22,7 @@ from gateway.auth import ApiKeys
 from gateway.disconnect import ClientDisconnected
 from gateway.faces import Faces
 from gateway.kserve_face import mount_kserve
+from gateway.openai.mount import PREFIX as OPENAI_PREFIX
 from gateway.openai.mount import mount_openai
 from gateway.operations import mount_operations
 from gateway.http_protocol import ConnectionLimits
@@ -101,6 +102,10 @@ def build_predictor_engine(settings: Settings) -> Engine:
     return EngineFrontend(PredictorEngine(loaded, served_name=settings.model_name, predictor=config))
 
 
+# Paths an OpenAI client asks for when its base URL misses the `/openai` prefix.
+MISPLACED_OPENAI_PATHS = ("/chat/completions", "/completions", "/embeddings", "/responses")
+
+
 def install_error_handlers(app: FastAPI, faces: Faces) -> None:
     """What no face's route decided: unknown paths and methods, in the envelope of the face the
     path belongs to (each face maps its own errors in its routes), and clients that left."""
@@ -108,8 +113,15 @@ def install_error_handlers(app: FastAPI, faces: Faces) -> None:
     @app.exception_handler(StarletteHTTPException)
     async def _http_error(request: Request, exc: StarletteHTTPException) -> Response:
         code = {404: "not_found", 405: "method_not_allowed"}.get(exc.status_code, "invalid_request")
-        message = f"{request.method} {request.url.path}: {exc.detail}"
-        body = faces.of(request.url.path).render(exc.status_code, message, code)
+        path = request.url.path
+        message = f"{request.method} {path}: {exc.detail}"
+        face = faces.of(path)
+        if exc.status_code == 404 and path.rstrip("/").endswith(MISPLACED_OPENAI_PATHS):
+            # An OpenAI client whose base URL lacks /openai (the SDKs' default path is /v1/...):
+            # say where the API is, in the envelope that client reads.
+            message += f". The OpenAI API is served under {OPENAI_PREFIX}/v1: set the client's base URL to {request.base_url}{OPENAI_PREFIX.strip('/')}/v1"
+            face = faces.of(f"{OPENAI_PREFIX}/v1")
+        body = face.render(exc.status_code, message, code)
         return JSONResponse(body, status_code=exc.status_code, headers=exc.headers)
 
     @app.exception_handler(ClientDisconnected)

@@ -124,6 +124,18 @@ async def test_unknown_routes_and_methods(http):
     assert (await http.get("/not-openai")).json() == {"error": "GET /not-openai: Not Found"}  # KServe/Triton's envelope
 
 
+@pytest.mark.parametrize("path", ["/v1/chat/completions", "/v1/completions", "/v1/embeddings", "/chat/completions"])
+async def test_a_base_url_without_openai_is_told_where_the_api_is(http, path):
+    """The SDKs' default path is /v1/...: the 404 says where the API is, in OpenAI's envelope."""
+    err = envelope(await http.post(path, json={"model": "tiny", "messages": MSG}), 404, "not_found", None)
+    assert "set the client's base URL to http://test/openai/v1" in err["message"]
+    sdk = openai.AsyncOpenAI(base_url="http://test/v1", api_key="x", http_client=http, max_retries=0)
+    with pytest.raises(openai.NotFoundError, match="/openai/v1"):
+        await sdk.chat.completions.create(model="tiny", messages=MSG)
+    # KServe v1's own paths keep their envelope.
+    assert (await http.get("/v1/models/nope")).json() == {"error": "Model with name nope does not exist."}
+
+
 async def test_sdk_raises_typed_errors(client):
     with pytest.raises(openai.NotFoundError) as exc:
         await client.chat.completions.create(model="gpt-4", messages=MSG)
