@@ -18,7 +18,7 @@ from typing import Any, NoReturn, TypeVar
 
 from compat.kserve.options import KServeOptions
 from engines.options import BACKENDS, EngineOptions, RequestLimits
-from gateway.openai.config import OpenAIConfig
+from gateway.openai.config import CHAT_DEFAULT_MAX_TOKENS, OpenAIConfig
 
 Section = TypeVar("Section")
 
@@ -106,7 +106,7 @@ class Settings:
     default_temperature: float | None = field(default=None, **_flag("Server default temperature when a request sends none (OpenAI default: 1.0)."))
     default_top_p: float | None = field(default=None, **_flag("Server default top_p (OpenAI default: 1.0)."))
     default_top_k: int | None = field(default=None, **_flag("Server default top_k (default: off)."))
-    max_output_tokens: int | None = field(default=None, **_flag("Cap on the default output length of chat completions (default: the rest of the context)."))
+    max_output_tokens: int = field(default=CHAT_DEFAULT_MAX_TOKENS, **_flag("Output tokens of a chat completion that sends no max_tokens / max_completion_tokens (chat UIs often send none); a request's own limit always wins. 0: OpenAI's rule, the rest of the context."))
     stream_ping_interval: float = field(default=OpenAIConfig.ping_interval, **_flag("Seconds between SSE keep-alive comments while a stream waits."))
     max_n: int = field(default=OpenAIConfig.max_n, **_flag("Largest `n` (and `best_of`) a request may ask for."))
     max_logprobs: int = field(default=OpenAIConfig.max_logprobs, **_flag("Largest number of alternatives per token for `logprobs` / `top_logprobs`."))
@@ -163,14 +163,14 @@ class Settings:
                 out.append(f"--{name} must be at least 1, got {getattr(self, name)}.")
         if self.cpu_threads is not None and self.cpu_threads < 0:
             out.append(f"--cpu_threads must not be negative, got {self.cpu_threads}.")
-        for name in ("max_waiting", "encoder_batch_wait_ms", "prefix_cache_memory_gb", "shutdown_grace_period", "fill_mask_top_k", "predictor_request_retries"):
+        for name in ("max_output_tokens", "max_waiting", "encoder_batch_wait_ms", "prefix_cache_memory_gb", "shutdown_grace_period", "fill_mask_top_k", "predictor_request_retries"):
             if getattr(self, name) < 0:
                 out.append(f"--{name} must not be negative, got {getattr(self, name)}.")
         for name in ("kv_cache_memory_gb", "chat_template_timeout", "timeout_request_headers", "timeout_request_body",
                      "stream_ping_interval", "timeout_keep_alive", "predictor_request_timeout_seconds"):
             if not getattr(self, name) > 0:
                 out.append(f"--{name} must be greater than 0, got {getattr(self, name)}.")
-        for name in ("max_prompt_tokens", "max_total_tokens", "max_model_len", "max_output_tokens"):
+        for name in ("max_prompt_tokens", "max_total_tokens", "max_model_len"):
             value = getattr(self, name)
             if value is not None and value < 1:
                 out.append(f"--{name} must be at least 1, got {value}.")

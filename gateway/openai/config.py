@@ -7,6 +7,11 @@ from dataclasses import dataclass, field
 from typing import Any
 
 
+# Output length of a chat completion that asks for none. Chat UIs (Open WebUI by default) send no
+# max_tokens; OpenAI's rule, the rest of the context, then lets a small model ramble for minutes.
+CHAT_DEFAULT_MAX_TOKENS = 2048
+
+
 @dataclass(frozen=True)
 class SamplingDefaults:
     """Server-level defaults (operator settings) over OpenAI's defaults."""

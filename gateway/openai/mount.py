@@ -29,7 +29,7 @@ def openai_config(settings: Settings) -> OpenAIConfig:
         temperature=1.0 if settings.default_temperature is None else settings.default_temperature,
         top_p=1.0 if settings.default_top_p is None else settings.default_top_p,
         top_k=0 if settings.default_top_k is None else settings.default_top_k,
-        max_output_tokens=settings.max_output_tokens,
+        max_output_tokens=settings.max_output_tokens or None,  # 0: no server default, the rest of the context
     )
     return OpenAIConfig(
         served_name=settings.model_name,
