@@ -88,7 +88,7 @@ async def test_health_metadata_reflection(encoder_engines, grpc_for):
     meta = await stub.ModelMetadata(pb.ModelMetadataRequest(name="ner"))
     assert meta.outputs[0].datatype == "INT64" and list(meta.outputs[0].shape) == [-1, 1, -1]
     server_meta = await stub.ServerMetadata(pb.ServerMetadataRequest())
-    assert server_meta.name == "hf-gateway" and list(server_meta.extensions) == ["model_repository_extension"]
+    assert server_meta.name == "hf-gateway" and list(server_meta.extensions) == ["model_repository_extension", "model_configuration", "statistics", "binary_tensor_data"]
 
     from grpc_health.v1 import health_pb2, health_pb2_grpc
     from grpc_reflection.v1alpha import reflection_pb2, reflection_pb2_grpc

@@ -98,7 +98,7 @@ async def test_generation_over_v1_and_v2_equals_openai(tiny_engine):
 
 async def test_health_metadata_and_readiness(encoder_engines):
     async with client_for(encoder_engines["sequence_classification"]) as http:
-        assert (await http.get("/v2")).json()["extensions"] == ["model_repository_extension"]
+        assert (await http.get("/v2")).json()["extensions"] == ["model_repository_extension", "model_configuration", "statistics", "binary_tensor_data"]
         assert (await http.get("/v2/health/live")).json() == {"live": True}
         assert (await http.get("/v2/health/ready")).json() == {"ready": True}
         assert (await http.get("/v1/models")).json() == {"models": ["sequence_classification"]}

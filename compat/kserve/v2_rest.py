@@ -33,6 +33,10 @@ def build_v2_router(plane: DataPlane, guard: Guard = unguarded) -> APIRouter:
     async def v2_models() -> Response:
         return JSON({"models": plane.models()})
 
+    @router.get("/v2/models/stats")  # before /v2/models/{name}, which would take "stats" for a name
+    async def all_statistics() -> Response:
+        return JSON({"model_stats": plane.model_statistics(None)})
+
     @router.get("/v2/models/{name}")
     async def v2_metadata(name: str) -> Response:
         return JSON(plane.model_metadata(name))
@@ -57,6 +61,24 @@ def build_v2_router(plane: DataPlane, guard: Guard = unguarded) -> APIRouter:
             return JSON(response)
         payload, length = encode_binary_response(response, which)
         return Response(payload, media_type="application/octet-stream", headers={BINARY_HEADER: str(length)})
+
+    # Triton's extensions that its clients call (tritonclient: get_model_config,
+    # get_model_repository_index, get_inference_statistics).
+    @router.get("/v2/models/{name}/config")
+    async def v2_model_config(name: str) -> Response:
+        return JSON(plane.model_config(name))
+
+    @router.post("/v2/repository/index")
+    async def repository_index(request: Request) -> Response:
+        body = await json_body(request) if await request.body() else {}
+        models = await plane.repository_index()
+        if isinstance(body, dict) and body.get("ready"):  # Triton: only the models that are ready
+            models = [m for m in models if m["state"] == "READY"]
+        return JSON(models)
+
+    @router.get("/v2/models/{name}/stats")
+    async def model_statistics(name: str) -> Response:
+        return JSON({"model_stats": plane.model_statistics(name)})
 
     @router.post("/v2/repository/models/{name}/load")
     async def repository_load(name: str) -> Response:

@@ -92,6 +92,47 @@ class InferenceServicer(pb_grpc.GRPCInferenceServiceServicer):
         await context.abort(grpc.StatusCode.UNIMPLEMENTED, "Unloading the only model of this server is not supported.")
         raise AssertionError("unreachable")
 
+    # -- Triton's extensions (the same data as over REST) --------------------------------------
+
+    async def ModelConfig(self, request: pb.ModelConfigRequest, context: grpc.aio.ServicerContext) -> pb.ModelConfigResponse:
+        try:
+            if request.version:
+                raise KServeError(501, "Model versioning not supported yet.")
+            config = self.plane.model_config(request.name)
+        except KServeError as exc:
+            await _abort(context, exc)
+            raise
+
+        def tensors(kind: Any, items: list[dict[str, Any]]) -> list[Any]:
+            return [kind(name=t["name"], data_type=pb.DataType.Value(t["data_type"]), dims=t["dims"]) for t in items]
+
+        return pb.ModelConfigResponse(config=pb.ModelConfig(
+            name=config["name"], platform=config["platform"], backend=config["backend"], max_batch_size=config["max_batch_size"],
+            input=tensors(pb.ModelInput, config["input"]), output=tensors(pb.ModelOutput, config["output"]),
+        ))
+
+    async def ModelStatistics(self, request: pb.ModelStatisticsRequest, context: grpc.aio.ServicerContext) -> pb.ModelStatisticsResponse:
+        try:
+            stats = self.plane.model_statistics(request.name or None)
+        except KServeError as exc:
+            await _abort(context, exc)
+            raise
+        out = []
+        for st in stats:
+            durations = {k: pb.StatisticDuration(count=v["count"], ns=v["ns"]) for k, v in st["inference_stats"].items()}
+            out.append(pb.ModelStatistics(
+                name=st["name"], version=st["version"], last_inference=st["last_inference"],
+                inference_count=st["inference_count"], execution_count=st["execution_count"],
+                inference_stats=pb.InferStatistics(**durations),
+            ))
+        return pb.ModelStatisticsResponse(model_stats=out)
+
+    async def RepositoryIndex(self, request: pb.RepositoryIndexRequest, context: grpc.aio.ServicerContext) -> pb.RepositoryIndexResponse:
+        models = await self.plane.repository_index()
+        if request.ready:
+            models = [m for m in models if m["state"] == "READY"]
+        return pb.RepositoryIndexResponse(models=[pb.RepositoryIndexResponse.ModelIndex(**m) for m in models])
+
 
 def build_server(plane: DataPlane, *, max_send: int = 8 << 20, max_receive: int = 8 << 20, interceptors: Sequence[Any] = ()) -> grpc.aio.Server:
     server = grpc.aio.server(
