@@ -3,6 +3,7 @@
 #   make test    install everything and run the test suite: the whole suite on the transformers
 #                engine, then the OpenAI suite again on the vLLM engine (vLLM's CPU build, .venv-vllm)
 #                and on the OpenVINO engine (.venv-openvino)
+SHELL  := /bin/bash
 PYTHON ?= python3
 VENV   := .venv
 BIN    := $(VENV)/bin
@@ -89,7 +90,20 @@ serve-vllm: vllm-env
 serve-openvino: openvino-env
 	$(OBIN)/hf-gateway --backend openvino $(ARGS)
 
-test: test-transformers test-vllm test-openvino
+# Every leg runs even when an earlier one fails, and the end says how each went (its pytest
+# summary line and time); the exit status is 1 if any leg failed.
+LEGS := transformers vllm openvino
+
+test:
+	@mkdir -p .test-logs; rm -f .test-logs/*; failed=0; \
+	for leg in $(LEGS); do \
+	  start=$$(date +%s); \
+	  $(MAKE) --no-print-directory test-$$leg 2>&1 | tee .test-logs/$$leg.log; status=$${PIPESTATUS[0]}; \
+	  result=$$(grep -E "[0-9]+ (passed|failed|error|deselected)|no tests ran" .test-logs/$$leg.log | tail -1 | tr -d '='); \
+	  [ "$$status" = 0 ] && verdict=ok || { verdict=FAILED; failed=1; }; \
+	  printf '%-13s %-7s %5ss  %s\n' "$$leg" "$$verdict" "$$(( $$(date +%s) - start ))" "$${result:-no pytest summary (see .test-logs/$$leg.log)}" >> .test-logs/summary; \
+	done; \
+	echo; echo "== make test: each leg =="; cat .test-logs/summary; exit $$failed
 
 # Each test run is its own process group, stopped as a whole when it ends: a server or vLLM worker
 # that a failing test left behind does not outlive the run (scripts/in_group.py).
@@ -109,4 +123,4 @@ bench: install vllm-env openvino-env
 	$(BIN)/python scripts/bench.py --compare --out-dir docs/bench
 
 clean:
-	rm -rf $(VENV) $(VVENV) $(OVENV) .pytest_cache
+	rm -rf $(VENV) $(VVENV) $(OVENV) .pytest_cache .test-logs
