@@ -136,6 +136,18 @@ async def test_a_base_url_without_openai_is_told_where_the_api_is(http, path):
     assert (await http.get("/v1/models/nope")).json() == {"error": "Model with name nope does not exist."}
 
 
+async def test_a_form_encoded_body_is_told_to_send_json(http):
+    """`curl -d '{...}'` without a content type sends a form: the error says so."""
+    body = b'{"model": "tiny", "messages": [{"role": "user", "content": "hi"}]}'
+    r = await http.post("/openai/v1/chat/completions", content=body, headers={"content-type": "application/x-www-form-urlencoded"})
+    err = envelope(r, 400, "invalid_content_type", None)
+    assert "Content-Type: application/json" in err["message"] and "application/x-www-form-urlencoded" in err["message"]
+    # The same body as JSON is fine, and a JSON array is still "must be an object".
+    assert (await http.post("/openai/v1/chat/completions", content=body, headers={"content-type": "application/json"})).status_code == 200
+    r = await http.post("/openai/v1/completions", content=b"[1, 2]", headers={"content-type": "application/json"})
+    assert r.json()["error"]["code"] == "invalid_type"
+
+
 async def test_sdk_raises_typed_errors(client):
     with pytest.raises(openai.NotFoundError) as exc:
         await client.chat.completions.create(model="gpt-4", messages=MSG)

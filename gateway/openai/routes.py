@@ -14,7 +14,7 @@ from starlette.responses import Response
 
 from engines import EngineError
 from gateway.disconnect import cancel_on_disconnect
-from gateway.openai.errors import OpenAIError, from_exception, from_validation_errors
+from gateway.openai.errors import OpenAIError, from_exception, from_validation_errors, invalid
 from gateway.openai.protocol import ChatCompletionRequest, CompletionRequest, ignored_params
 from gateway.openai.services.chat import ChatService
 from gateway.openai.services.completions import CompletionService
@@ -50,6 +50,12 @@ class OpenAIRoute(APIRoute):
                 return await handler(_StrictJSONRequest(request.scope, request.receive))
             except RequestValidationError as exc:
                 err = from_validation_errors(exc.errors())
+                content_type = request.headers.get("content-type", "")
+                if err.code == "invalid_type" and "json" not in content_type.lower():
+                    # `curl -d` without `-H 'content-type: application/json'` sends a form: FastAPI
+                    # then hands the model no JSON at all, whatever the body looks like.
+                    err = invalid(f"The request body must be JSON, sent with `Content-Type: application/json` "
+                                  f"(this request's is {content_type or 'missing'!r}).", None, code="invalid_content_type")
             except (OpenAIError, EngineError) as exc:
                 err = from_exception(exc)
             return JSONResponse(err.body(), status_code=err.status, headers=err.headers)
