@@ -7,7 +7,7 @@ import random
 
 import torch
 
-from engines.hf.kv_cache import COLUMN_HEADROOM, SlabLayer, new_cache
+from engines.hf.kv_cache import COLUMN_HEADROOM, SlabLayer, fill_holes, new_cache
 
 HEADS, DIM = 2, 4
 
@@ -35,13 +35,9 @@ def test_random_surgery_matches_whole_tensor_reference():
             assert torch.equal(got_k, ref_k) and torch.equal(got_v, ref_v)
         elif op < 0.8:  # rows finish (the scheduler's hole-filling order)
             keep = sorted(rng.sample(range(rows), rng.randint(1, rows - 1)))
-            n, kept = len(keep), set(keep)
-            holes = [i for i in range(n) if i not in kept]
-            movers = [i for i in keep if i >= n]
-            order = list(range(n))
-            for hole, mover in zip(holes, movers):
-                order[hole] = mover
-            layer.move_rows(holes, movers, n)
+            holes, movers, order = fill_holes(keep)
+            assert sorted(order) == keep and len(holes) == len(movers)  # every kept row, once
+            layer.move_rows(holes, movers, len(keep))
             ref_k, ref_v = ref_k[order], ref_v[order]
             drop = rng.randint(0, ref_k.shape[2] - 1) if rng.random() < 0.3 else 0
             layer.drop_left(drop)

@@ -5,8 +5,6 @@ The app runs with `--max_output_tokens 8` (the default is 2048; small here so th
 random model reaches it quickly): a chat request without a limit stops there with `length`; a
 request's own limit wins over it in both directions."""
 
-import json
-
 import httpx
 import pytest
 

@@ -147,6 +147,19 @@ class SlabLayer(DynamicLayer):
         self.rows += added
 
 
+def fill_holes(keep: list[int]) -> tuple[list[int], list[int], list[int]]:
+    """Keeping rows `keep` (ascending) of a batch: the rows that leave below `len(keep)` (holes)
+    are filled by the kept rows above it (movers), so only those rows are copied. Returns
+    (holes, movers, order), `order[i]` being the old index of the row that ends up at `i`."""
+    n, kept = len(keep), set(keep)
+    holes = [i for i in range(n) if i not in kept]
+    movers = [i for i in keep if i >= n]  # as many as there are holes
+    order = list(range(n))
+    for hole, mover in zip(holes, movers):
+        order[hole] = mover
+    return holes, movers, order
+
+
 def new_cache() -> Any:
     """An empty cache for one forward pass or a running batch, whose layers are `SlabLayer`s."""
     cache = DynamicCache()

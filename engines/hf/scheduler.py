@@ -34,7 +34,7 @@ import torch.nn.functional as F
 from engines.choice import ChoiceState, output_budget
 from engines.detokenizer import decode_prompt_pieces
 from engines.errors import EngineError, ErrorCode, deadline_exceeded
-from engines.hf.kv_cache import SlabLayer, new_cache
+from engines.hf.kv_cache import SlabLayer, fill_holes, new_cache
 from engines.hf.prefix_cache import MIN_REUSE, PrefixCache
 from engines.options import EngineOptions
 from engines.sampling import SequenceSampler, choose_plain_rows, make_generator, top_logprobs
@@ -374,14 +374,9 @@ class GenerationScheduler:
         if not keep:
             self._batch = None
             return
-        n, kept = len(keep), set(keep)
-        holes = [i for i in range(n) if i not in kept]
-        movers = [i for i in keep if i >= n]  # as many as there are holes
-        order = list(range(n))
-        for hole, mover in zip(holes, movers):
-            order[hole] = mover
+        holes, movers, order = fill_holes(keep)
         for layer in self._layers(batch.cache):
-            layer.move_rows(holes, movers, n)
+            layer.move_rows(holes, movers, len(keep))
         index = torch.tensor(order, dtype=torch.long, device=self._device)
         batch.rows = [batch.rows[i] for i in order]
         batch.mask = batch.mask.index_select(0, index)
