@@ -140,11 +140,15 @@ async def grpc_channel(app):
 
 class HeldEngine:
     """The real engine; each generation pauses after its first delta until `release()` (polled,
-    so the server's thread and the test's loop need not share an event loop)."""
+    so the server's thread and the test's loop need not share an event loop).
+
+    An engine that runs ahead of its reader (vLLM) may hand over a whole generation as that first
+    delta on a busy machine; `held_finished` counts those, which have nothing left to abort."""
 
     def __init__(self, engine) -> None:
         self._engine = engine
         self.holding = 0
+        self.held_finished = 0
         self.released = False
 
     def __getattr__(self, name):
@@ -163,6 +167,7 @@ class HeldEngine:
                 yield delta
                 if first:
                     first = False
+                    self.held_finished += delta.finish_reason is not None
                     self.holding += 1
                     while not self.released:
                         await asyncio.sleep(0.01)

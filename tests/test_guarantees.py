@@ -191,11 +191,13 @@ async def test_a_client_that_leaves_aborts_every_part_and_is_logged_as_gone(tiny
     app = make_app(held)
     before = tiny_engine.stats().aborted_total
     with ThreadedServer(app) as server:
-        request = asyncio.ensure_future(send(app, face, WORDS[:2], max_tokens=50, base_url=server.base_url))
+        # Long enough that neither part can end before the client leaves, even when vLLM runs ahead.
+        request = asyncio.ensure_future(send(app, face, WORDS[:2], max_tokens=1000, base_url=server.base_url))
         await eventually(lambda: held.holding == 2, "both parts to produce a token")
         request.cancel()  # the client goes away: the connection closes, or the gRPC call is cancelled
         with contextlib.suppress(asyncio.CancelledError):
             await request
+        assert held.held_finished == 0, "a part ended before the client left: nothing left to test"
         await eventually(lambda: tiny_engine.stats().aborted_total == before + 2, "both parts to be aborted")
         await eventually(lambda: any("outcome=aborted" in r.getMessage() for r in caplog.records if r.name == "gateway.access"),
                          "the access line")
