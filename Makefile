@@ -1,8 +1,8 @@
 # Two commands for a fresh machine (see README):
 #   make serve   install what serving needs into .venv and start the server on :8080 with the default model
 #   make test    install everything and run the test suite: the whole suite on the transformers
-#                engine, then the OpenAI suite again on the vLLM engine (vLLM's CPU build, .venv-vllm)
-#                and on the OpenVINO engine (.venv-openvino)
+#                engine and, side by side with it, the OpenAI suite again on the vLLM engine (vLLM's
+#                CPU build, .venv-vllm) and on the OpenVINO engine (.venv-openvino)
 SHELL  := /bin/bash
 PYTHON ?= python3
 VENV   := .venv
@@ -90,20 +90,13 @@ serve-vllm: vllm-env
 serve-openvino: openvino-env
 	$(OBIN)/hf-gateway --backend openvino $(ARGS)
 
-# Every leg runs even when an earlier one fails, and the end says how each went (its pytest
-# summary line and time); the exit status is 1 if any leg failed.
+# The three legs run side by side (scripts/test_legs.py): each installs its environment and runs its
+# pytest; every leg runs to its end even when another fails, and the end says how each went (its
+# pytest summary line and time, and the end of a failed leg's log). Exit status 1 if any failed.
 LEGS := transformers vllm openvino
 
 test:
-	@mkdir -p .test-logs; rm -f .test-logs/*; failed=0; \
-	for leg in $(LEGS); do \
-	  start=$$(date +%s); \
-	  $(MAKE) --no-print-directory test-$$leg 2>&1 | tee .test-logs/$$leg.log; status=$${PIPESTATUS[0]}; \
-	  result=$$(grep -E "[0-9]+ (passed|failed|error|deselected)|no tests ran" .test-logs/$$leg.log | tail -1 | tr -d '='); \
-	  [ "$$status" = 0 ] && verdict=ok || { verdict=FAILED; failed=1; }; \
-	  printf '%-13s %-7s %5ss  %s\n' "$$leg" "$$verdict" "$$(( $$(date +%s) - start ))" "$${result:-no pytest summary (see .test-logs/$$leg.log)}" >> .test-logs/summary; \
-	done; \
-	echo; echo "== make test: each leg =="; cat .test-logs/summary; exit $$failed
+	@$(PYTHON) scripts/test_legs.py $(LEGS)
 
 # Each test run is its own process group, stopped as a whole when it ends: a server or vLLM worker
 # that a failing test left behind does not outlive the run (scripts/in_group.py).
