@@ -152,6 +152,7 @@ async def test_sdk_raises_typed_errors(client):
     with pytest.raises(openai.NotFoundError) as exc:
         await client.chat.completions.create(model="gpt-4", messages=MSG)
     assert (exc.value.code, exc.value.param) == ("model_not_found", "model")
+    assert "This server serves `tiny`" in exc.value.message  # what to send instead
     assert exc.value.request_id
     with pytest.raises(openai.BadRequestError) as exc:
         await client.chat.completions.create(model="tiny", messages=MSG, n=30, stream=True)

@@ -67,10 +67,13 @@ def unsupported(param: str, detail: str = "") -> OpenAIError:
     return OpenAIError(400, message, code="unsupported_parameter", param=param)
 
 
-def model_not_found(name: str) -> OpenAIError:
+def model_not_found(name: str, served: Sequence[str] = ()) -> OpenAIError:
+    """A 404 that says what this server does serve, so a client sending a hub id learns the name."""
+    known = ", ".join(f"`{s}`" for s in served)
+    hint = f" This server serves {known}; send one of them as `model`, or leave `model` out." if served else ""
     return OpenAIError(
         404,
-        f"The model `{name}` does not exist or you do not have access to it.",
+        f"The model `{name}` does not exist or you do not have access to it.{hint}",
         code="model_not_found",
         param="model",
     )

@@ -39,7 +39,7 @@ class ServiceBase:
             return self.config.served_name
         if requested in self.adapters:
             return requested
-        raise model_not_found(requested)
+        raise model_not_found(requested, (self.config.served_name, *self.adapters))
 
     @property
     def adapters(self) -> tuple[str, ...]:

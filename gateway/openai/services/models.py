@@ -40,5 +40,5 @@ class ModelService(ServiceBase):
         if model_id in self.adapters:
             return self.adapter_card(model_id)
         if model_id != self.config.served_name:
-            raise model_not_found(model_id)
+            raise model_not_found(model_id, (self.config.served_name, *self.adapters))
         return self.card()
