@@ -186,17 +186,23 @@ def _single_gguf(path: Path) -> Path | None:
 def check_hub_reachable(model_id: str, revision: str | None, cache_dir: str | None, timeout: float = 5.0) -> None:
     """Fail in seconds, with one paragraph, when a hub id can be neither downloaded nor read from
     the Hugging Face cache (huggingface_hub would retry for ~40 s and end with a generic message).
-    Nothing is checked when the cache has the model, when HF_HUB_OFFLINE is set (the cache is all
-    there is, and transformers says so at once) or when a proxy is configured (a direct connection
-    proves nothing then)."""
+    Nothing is checked when the cache has the model or when a proxy is configured (a direct
+    connection proves nothing then); with HF_HUB_OFFLINE set, the cache is all there is."""
     import socket
     from urllib.parse import urlsplit
 
     from huggingface_hub import constants, try_to_load_from_cache
 
-    if constants.HF_HUB_OFFLINE or any(os.environ.get(v) for v in ("HTTPS_PROXY", "https_proxy", "ALL_PROXY", "all_proxy")):
-        return
     if isinstance(try_to_load_from_cache(model_id, "config.json", cache_dir=cache_dir, revision=revision), str):
+        return
+    local_copy = ("Serve a local copy with --model_dir /path/to/model (a directory with config.json, the tokenizer "
+                  "and the weights, or one .gguf file)")
+    if constants.HF_HUB_OFFLINE:
+        raise ModelNotFoundError(
+            f"--model_id {model_id} is not in the Hugging Face cache ({cache_dir or constants.HF_HUB_CACHE}) and "
+            f"HF_HUB_OFFLINE is set, so it is not downloaded. {local_copy}, or unset HF_HUB_OFFLINE."
+        )
+    if any(os.environ.get(v) for v in ("HTTPS_PROXY", "https_proxy", "ALL_PROXY", "all_proxy")):
         return
     endpoint = urlsplit(constants.ENDPOINT)
     host, port = endpoint.hostname or "huggingface.co", endpoint.port or (443 if endpoint.scheme == "https" else 80)
@@ -206,9 +212,7 @@ def check_hub_reachable(model_id: str, revision: str | None, cache_dir: str | No
         raise ModelNotFoundError(
             f"Cannot download --model_id {model_id}: {constants.ENDPOINT} cannot be reached from here "
             f"({exc.strerror or type(exc).__name__}), and the model is not in the Hugging Face cache "
-            f"({cache_dir or constants.HF_HUB_CACHE}). Serve a local copy with --model_dir /path/to/model "
-            "(a directory with config.json, the tokenizer and the weights, or one .gguf file), or set "
-            "HF_HUB_OFFLINE=1 to use the cache only."
+            f"({cache_dir or constants.HF_HUB_CACHE}). {local_copy}, or set HF_HUB_OFFLINE=1 to use the cache only."
         ) from None
 
 

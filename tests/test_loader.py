@@ -168,26 +168,34 @@ def test_task_errors_are_actionable(caplog):
     assert resolve_task("text-generation", SimpleNamespace(architectures=["GPT2LMHeadModel"])) is Task.text_generation
 
 
-def test_an_unreachable_hub_id_fails_at_once_with_what_to_do(tmp_path):
-    """No network to the hub and nothing cached: one paragraph naming --model_dir, exit 1, instead
-    of huggingface_hub's retries. HF_ENDPOINT points at a closed local port, so this holds on any
-    machine."""
+@pytest.mark.parametrize("offline, says", [
+    ("", ["Cannot download --model_id some-org/some-model", "http://127.0.0.1:9 cannot be reached", "HF_HUB_OFFLINE=1"]),
+    ("1", ["--model_id some-org/some-model is not in the Hugging Face cache", "HF_HUB_OFFLINE is set", "unset HF_HUB_OFFLINE"]),
+])
+def test_a_hub_id_that_cannot_be_had_fails_at_once_with_what_to_do(tmp_path, offline, says):
+    """No network to the hub (or HF_HUB_OFFLINE) and nothing cached: one line naming --model_dir,
+    exit 1, nothing printed twice, instead of huggingface_hub's retries and transformers' generic
+    text. HF_ENDPOINT points at a closed local port, so this holds on any machine."""
     import os
     import subprocess
     import sys
 
+    from tests.conftest import free_port
+
     env = {k: v for k, v in os.environ.items() if not k.startswith("HF_") and "proxy" not in k.lower()}
-    env.update(HF_ENDPOINT="http://127.0.0.1:9", HF_HOME=str(tmp_path / "hf"))
+    env.update(HF_ENDPOINT="http://127.0.0.1:9", HF_HOME=str(tmp_path / "hf"), HF_HUB_OFFLINE=offline)
     out = subprocess.run(
         [sys.executable, "-m", "gateway", "--backend", "huggingface", "--model_id", "some-org/some-model",
-         "--http_port", "18999", "--enable_grpc", "false"],
+         "--http_port", str(free_port()), "--enable_grpc", "false"],
         capture_output=True, text=True, env=env, timeout=300,
     )
     assert out.returncode == 1, out.stderr[-2000:]
-    lines = [line for line in out.stderr.splitlines() if "Cannot download --model_id some-org/some-model" in line]
+    lines = [line for line in out.stderr.splitlines() if says[0] in line]
     assert len(lines) == 1, out.stderr[-2000:]
-    assert "http://127.0.0.1:9 cannot be reached" in lines[0] and "--model_dir" in lines[0] and "HF_HUB_OFFLINE=1" in lines[0]
+    assert all(part in lines[0] for part in says) and "--model_dir /path/to/model" in lines[0], lines[0]
     assert "Traceback" not in out.stderr
+    printed = [line.split(" ", 3)[-1] for line in out.stderr.splitlines() if line.strip()]  # without the timestamp
+    assert len(printed) == len(set(printed)), out.stderr  # no warning twice
 
 
 def test_a_cached_hub_id_is_not_probed(monkeypatch, tmp_path):
