@@ -12,6 +12,7 @@ import logging
 import os
 import shutil
 import tempfile
+import time
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -288,20 +289,25 @@ def convert_gguf(gguf: Path, cache_dir: str | None = None) -> Path:
 
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
-    log.info("Converting %s once into %s (later starts load the converted copy)", gguf, target)
+    log.info("Converting %s once into %s (later starts load the converted copy; 20-45 s)", gguf, target)
+    began = time.monotonic()
     target.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix=".convert-", dir=target.parent))
     try:
+        log.info("Converting: 1/3 the tokenizer")
         tokenizer = AutoTokenizer.from_pretrained(str(gguf.parent), gguf_file=gguf.name)
         _check_round_trip(tokenizer, gguf)
+        log.info("Converting: 2/3 de-quantizing the weights (%.0f s so far)", time.monotonic() - began)
         model = AutoModelForCausalLM.from_pretrained(str(gguf.parent), gguf_file=gguf.name)
         # transformers refuses save_pretrained on a quantizer-loaded model; the tensors are
         # already de-quantized, so dropping the quantizer state is all it takes.
         model.hf_quantizer = None
         if hasattr(model.config, "quantization_config"):
             del model.config.quantization_config
+        log.info("Converting: 3/3 writing safetensors (%.0f s so far)", time.monotonic() - began)
         model.save_pretrained(str(tmp))
         tokenizer.save_pretrained(str(tmp))
+        log.info("Converted in %.0f s", time.monotonic() - began)
         try:
             os.replace(tmp, target)
         except OSError:  # another process converted it first

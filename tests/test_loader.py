@@ -40,6 +40,22 @@ def test_the_conversion_is_keyed_by_content_so_every_environment_shares_it(smoll
     assert convert_gguf(copy) == smollm_dir
 
 
+def test_a_first_conversion_says_how_far_it_is(tmp_path, caplog):
+    """On a new machine the first start converts the packaged GGUF (20-45 s): it says so up front,
+    and says each step as it comes, so a newcomer does not take the wait for a hang."""
+    import logging
+
+    from engines.loader import _is_model_dir, convert_gguf, packaged_gguf
+
+    caplog.set_level(logging.INFO, logger="engines.loader")
+    target = convert_gguf(packaged_gguf(), cache_dir=str(tmp_path))
+    assert target.parent == tmp_path and _is_model_dir(target)
+    said = [r.getMessage() for r in caplog.records if r.name == "engines.loader"]
+    steps = [next(i for i, m in enumerate(said) if part in m) for part in
+             ("once into", "1/3 the tokenizer", "2/3 de-quantizing", "3/3 writing safetensors", "Converted in")]
+    assert steps == sorted(steps), said
+
+
 def test_a_tokenizer_that_garbles_text_is_not_converted(tmp_path):
     from engines.loader import _check_round_trip
     from transformers import AutoTokenizer
