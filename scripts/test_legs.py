@@ -1,6 +1,6 @@
 """`make test`: the three legs side by side, then one line per leg.
 
-    python3 scripts/test_legs.py [LEG ...]      (default: transformers vllm openvino)
+    python3 scripts/test_legs.py [--root DIR] [LEG ...]      (default: transformers vllm openvino)
 
 Each leg installs its environment and runs its pytest (`make test-LEG`); the legs run at the same
 time, because on a small machine much of a leg is waiting (pip downloads, a server loading, vLLM
@@ -21,8 +21,7 @@ import threading
 import time
 from pathlib import Path
 
-ROOT = Path(__file__).resolve().parents[1]
-LOGS = ROOT / ".test-logs"
+ROOT = Path(__file__).resolve().parents[1]  # where the Makefile is (--root: another, for this script's own test)
 LEGS = ("transformers", "vllm", "openvino")
 # What a leg installs before its tests (make targets), and whether it needs .venv first.
 INSTALL = {"transformers": [".venv/.installed-test", "browser"], "vllm": ["vllm-env"], "openvino": ["openvino-env"]}
@@ -43,6 +42,10 @@ def make(targets: list[str], log, env: dict[str, str]) -> int:
     return subprocess.run(["make", "--no-print-directory", *targets], cwd=ROOT, stdout=log, stderr=subprocess.STDOUT, env=env).returncode
 
 
+def logs() -> Path:
+    return ROOT / ".test-logs"
+
+
 class Leg(threading.Thread):
     def __init__(self, name: str, index: int, count: int, venv_ready: threading.Event) -> None:
         super().__init__(name=name)
@@ -55,7 +58,7 @@ class Leg(threading.Thread):
 
     def run(self) -> None:
         began = time.monotonic()
-        with (LOGS / f"{self.leg}.log").open("w") as log:
+        with (logs() / f"{self.leg}.log").open("w") as log:
             try:
                 if self.leg in NEEDS_VENV:
                     self.venv_ready.wait()
@@ -69,7 +72,8 @@ class Leg(threading.Thread):
                     status = make([f"test-{self.leg}"], log, self.env)
                 self.status = status
             finally:
-                self.venv_ready.set()  # never leave the OpenVINO leg waiting
+                if self.leg == "transformers":
+                    self.venv_ready.set()  # installed or failed: the OpenVINO leg need not wait longer
                 self.seconds = time.monotonic() - began
         say(f"{self.leg}: {'ok' if self.status == 0 else 'FAILED in ' + self.stage} after {self.seconds:.0f}s")
 
@@ -77,16 +81,20 @@ class Leg(threading.Thread):
 def summary_line(log: Path) -> str:
     found = [line for line in log.read_text(errors="replace").splitlines()
              if re.search(r"\d+ (passed|failed|error|deselected)|no tests ran", line)]
-    return found[-1].strip("= ") if found else f"no pytest summary (see {log.relative_to(ROOT)})"
+    return found[-1].strip("= ") if found else f"no pytest summary (see .test-logs/{log.name})"
 
 
 def main() -> None:
-    names = sys.argv[1:] or list(LEGS)
+    global ROOT
+    args = sys.argv[1:]
+    if args[:1] == ["--root"]:
+        ROOT, args = Path(args[1]).resolve(), args[2:]
+    names = args or list(LEGS)
     unknown = set(names) - set(LEGS)
     if unknown:
         raise SystemExit(f"unknown legs {sorted(unknown)}; choose from {LEGS}")
-    LOGS.mkdir(exist_ok=True)
-    for old in LOGS.iterdir():
+    logs().mkdir(exist_ok=True)
+    for old in logs().iterdir():
         old.unlink()
     venv_ready = threading.Event()
     if "transformers" not in names:
@@ -99,11 +107,11 @@ def main() -> None:
         leg.join()
     failed = [leg for leg in legs if leg.status != 0]
     for leg in failed:
-        tail = (LOGS / f"{leg.leg}.log").read_text(errors="replace").splitlines()[-120:]
+        tail = (logs() / f"{leg.leg}.log").read_text(errors="replace").splitlines()[-120:]
         print(f"\n== {leg.leg}: the end of .test-logs/{leg.leg}.log ==\n" + "\n".join(tail))
-    lines = [f"{leg.leg:<13} {'ok' if leg.status == 0 else 'FAILED':<7} {leg.seconds:5.0f}s  {summary_line(LOGS / f'{leg.leg}.log')}"
+    lines = [f"{leg.leg:<13} {'ok' if leg.status == 0 else 'FAILED':<7} {leg.seconds:5.0f}s  {summary_line(logs() / f'{leg.leg}.log')}"
              for leg in legs]
-    (LOGS / "summary").write_text("\n".join(lines) + "\n")
+    (logs() / "summary").write_text("\n".join(lines) + "\n")
     total = time.monotonic() - _start
     print(f"\n== make test: each leg (side by side, {total / 60:.1f} minutes in all) ==\n" + "\n".join(lines))
     raise SystemExit(1 if failed else 0)
