@@ -50,7 +50,7 @@ async def test_abandoned_non_streaming_request_aborts(live_tiny, tiny_engine):
 
 
 async def test_sse_over_a_real_socket_is_newline_framed(live_tiny):
-    async with httpx.AsyncClient(base_url=live_tiny.base_url, timeout=60) as http:
+    async with httpx.AsyncClient(base_url=live_tiny.base_url, timeout=600) as http:
         r = await http.post("/openai/v1/completions", json={"prompt": "Hi", "max_tokens": 5, "stream": True})
     assert r.headers["content-type"].startswith("text/event-stream")
     assert r.headers["cache-control"] == "no-cache" and r.headers["x-accel-buffering"] == "no"
@@ -85,7 +85,7 @@ async def test_keepalive_pings_while_waiting(tiny_engine):
 
 async def test_closing_an_n_stream_aborts_every_choice(live_tiny, tiny_engine):
     before = tiny_engine.stats().aborted_total
-    async with httpx.AsyncClient(base_url=live_tiny.base_url, timeout=60) as http:
+    async with httpx.AsyncClient(base_url=live_tiny.base_url, timeout=600) as http:
         async with http.stream("POST", "/openai/v1/chat/completions", json={**LONG, "n": 3, "stream": True}) as r:
             events = 0
             async for line in r.aiter_lines():

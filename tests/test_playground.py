@@ -141,6 +141,9 @@ class Page:
     def __init__(self, browser, base_url: str, key: str | None = None) -> None:
         self.base_url = base_url
         self.context = browser.new_context(viewport={"width": 1200, "height": 760})
+        # Playwright's 30 s default is a speed assumption (a loaded machine missed it waiting for a
+        # first token); every wait here is a hang guard only.
+        self.context.set_default_timeout(600_000)
         if key is not None:
             self.context.add_init_script(f"localStorage.setItem('hf-gateway.playground.apiKey', {json.dumps(key)})")
         self.page = self.context.new_page()

@@ -189,10 +189,10 @@ def test_grpc_runs_beside_http_in_one_process(minilm_server):
 
     with grpc.insecure_channel(f"127.0.0.1:{MINILM_GRPC_PORT}") as channel:
         stub = pb_grpc.GRPCInferenceServiceStub(channel)
-        assert stub.ServerReady(pb.ServerReadyRequest(), timeout=10).ready
+        assert stub.ServerReady(pb.ServerReadyRequest(), timeout=300).ready
         req = pb.ModelInferRequest(model_name="minilm")
         req.inputs.add(name="input-0", datatype="BYTES", shape=[1]).contents.bytes_contents.append(b"The cat sat.")
-        out = stub.ModelInfer(req, timeout=30).outputs[0]
-    rest = httpx.post(f"{minilm_server}/v2/models/minilm/infer", timeout=30,
+        out = stub.ModelInfer(req, timeout=300).outputs[0]
+    rest = httpx.post(f"{minilm_server}/v2/models/minilm/infer", timeout=300,
                       json={"inputs": [{"name": "input-0", "datatype": "BYTES", "shape": [1], "data": ["The cat sat."]}]}).json()
     assert list(out.contents.fp64_contents) == rest["outputs"][0]["data"]
