@@ -1,12 +1,11 @@
 """`make test`: the three legs side by side, then one line per leg.
 
-    python3 scripts/test_legs.py [--root DIR] [LEG ...]      (default: transformers live vllm openvino)
+    python3 scripts/test_legs.py [--root DIR] [LEG ...]      (default: transformers vllm openvino)
 
 Each leg installs its environment and runs its pytest (`make test-LEG`); the legs run at the same
 time, because on a small machine much of a leg is waiting (pip downloads, a server loading, vLLM
 compiling) and the other legs use that time. `.venv` is installed first (the OpenVINO environment
-converts the packaged model with it, and the `live` leg, the real-process tests, shares it);
-vLLM's environment starts installing at once. Every leg runs
+converts the packaged model with it); vLLM's environment starts installing at once. Every leg runs
 to its end even when another fails. Each leg's output goes to `.test-logs/LEG.log`; the end prints
 how each went (ok/FAILED, minutes, its pytest summary) and, for a leg that failed, the end of its
 log. Exit status 1 if any leg failed. Standard library only: it runs before any venv exists.
@@ -23,11 +22,10 @@ import time
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]  # where the Makefile is (--root: another, for this script's own test)
-LEGS = ("transformers", "live", "vllm", "openvino")
-# What a leg installs before its tests (make targets), and whether it waits for the transformers
-# leg's install (.venv and the browser) first.
-INSTALL = {"transformers": [".venv/.installed-test", "browser"], "live": [], "vllm": ["vllm-env"], "openvino": ["openvino-env"]}
-NEEDS_VENV = {"live", "openvino"}
+LEGS = ("transformers", "vllm", "openvino")
+# What a leg installs before its tests (make targets), and whether it needs .venv first.
+INSTALL = {"transformers": [".venv/.installed-test", "browser"], "vllm": ["vllm-env"], "openvino": ["openvino-env"]}
+NEEDS_VENV = {"openvino"}
 
 _print_lock = threading.Lock()
 _start = time.monotonic()
@@ -65,7 +63,7 @@ class Leg(threading.Thread):
                 if self.leg in NEEDS_VENV:
                     self.venv_ready.wait()
                 say(f"{self.leg}: installing")
-                status = make(INSTALL[self.leg], log, self.env) if INSTALL[self.leg] else 0
+                status = make(INSTALL[self.leg], log, self.env)
                 if self.leg == "transformers":
                     self.venv_ready.set()
                 if status == 0:
