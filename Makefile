@@ -25,7 +25,7 @@ ENGINE_TESTS := tests/test_openai_chat.py tests/test_openai_completions.py tests
 	tests/test_kserve_grpc.py::test_embeddings_and_generation_over_grpc tests/test_hostile_input.py tests/test_lifecycle.py \
 	tests/test_fuzz_bodies.py tests/test_guarantees.py
 
-.PHONY: install vllm-env openvino-env browser serve serve-vllm serve-openvino test test-transformers test-vllm test-openvino bench clean
+.PHONY: install vllm-env openvino-env browser serve serve-vllm serve-openvino test test-transformers test-live test-vllm test-openvino bench clean
 
 install: $(STAMP)
 
@@ -93,7 +93,7 @@ serve-openvino: openvino-env
 # The three legs run side by side (scripts/test_legs.py): each installs its environment and runs its
 # pytest; every leg runs to its end even when another fails, and the end says how each went (its
 # pytest summary line and time, and the end of a failed leg's log). Exit status 1 if any failed.
-LEGS := transformers vllm openvino
+LEGS := transformers live vllm openvino
 
 test:
 	@$(PYTHON) scripts/test_legs.py $(LEGS)
@@ -101,7 +101,14 @@ test:
 # Each test run is its own process group, stopped as a whole when it ends: a server or vLLM worker
 # that a failing test left behind does not outlive the run (scripts/in_group.py).
 test-transformers: $(TSTAMP) browser
-	$(BIN)/python scripts/in_group.py -- $(BIN)/python -m pytest -q $(PYTEST_ARGS)
+	$(BIN)/python scripts/in_group.py -- $(BIN)/python -m pytest -q $(PYTEST_ARGS) $(addprefix --ignore=,$(LIVE_TESTS))
+
+# The tests that drive real server processes end to end: the README walk-through, the CLI on the
+# packaged models, the playground in a browser. Their own leg, beside the rest of the suite.
+LIVE_TESTS := tests/test_readme.py tests/test_server_process.py tests/test_playground.py
+
+test-live: $(TSTAMP) browser
+	$(BIN)/python scripts/in_group.py -- $(BIN)/python -m pytest -q $(PYTEST_ARGS) $(LIVE_TESTS)
 
 test-vllm: vllm-env
 	HF_GATEWAY_TEST_ENGINE=vllm $(VBIN)/python scripts/in_group.py -- $(VBIN)/python -m pytest -q $(PYTEST_ARGS) $(ENGINE_TESTS)

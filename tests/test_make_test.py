@@ -19,6 +19,8 @@ openvino-env:
 \t@test -e .venv/.installed-test || { echo "openvino installed before .venv"; exit 1; }
 test-transformers:
 \t@echo "5 passed, 1 skipped in 0.20s"
+test-live:
+\t@test -e .venv/.installed-test || { echo "live tests before .venv"; exit 1; }; echo "3 passed in 0.30s"
 test-vllm:
 \t@echo "E   AssertionError: the reason"; echo "1 failed, 3 passed in 0.10s"; exit 1
 test-openvino:
@@ -32,8 +34,8 @@ def test_every_leg_runs_and_the_end_says_how_each_went(tmp_path):
                           capture_output=True, text=True, timeout=120)
     assert done.returncode == 1, done.stdout + done.stderr
     summary = done.stdout.split("== make test: each leg")[1].splitlines()[1:]
-    assert [line.split()[:2] for line in summary] == [["transformers", "ok"], ["vllm", "FAILED"], ["openvino", "ok"]]
-    assert summary[0].endswith("5 passed, 1 skipped in 0.20s") and summary[1].endswith("1 failed, 3 passed in 0.10s")
+    assert [line.split()[:2] for line in summary] == [["transformers", "ok"], ["live", "ok"], ["vllm", "FAILED"], ["openvino", "ok"]]
+    assert summary[0].endswith("5 passed, 1 skipped in 0.20s") and summary[2].endswith("1 failed, 3 passed in 0.10s")
     assert "== vllm: the end of .test-logs/vllm.log ==" in done.stdout and "AssertionError: the reason" in done.stdout
     assert "openvino installed before .venv" not in (tmp_path / ".test-logs" / "openvino.log").read_text()
     assert (tmp_path / ".test-logs" / "summary").read_text().splitlines() == summary
