@@ -1,4 +1,4 @@
-"""`make test`: the three legs side by side, then one line per leg.
+"""`make test`: the legs side by side, then one line per leg.
 
     python3 scripts/test_legs.py [--root DIR] [LEG ...]      (default: transformers live vllm openvino)
 
@@ -64,8 +64,10 @@ class Leg(threading.Thread):
             try:
                 if self.leg in NEEDS_VENV:
                     self.venv_ready.wait()
-                say(f"{self.leg}: installing")
-                status = make(INSTALL[self.leg], log, self.env) if INSTALL[self.leg] else 0
+                status = 0
+                if INSTALL[self.leg]:
+                    say(f"{self.leg}: installing")
+                    status = make(INSTALL[self.leg], log, self.env)
                 if self.leg == "transformers":
                     self.venv_ready.set()
                 if status == 0:
