@@ -28,6 +28,8 @@ LEGS = ("transformers", "live", "vllm", "openvino")
 # leg's install (.venv and the browser) first.
 INSTALL = {"transformers": [".venv/.installed-test", "browser"], "live": [], "vllm": ["vllm-env"], "openvino": ["openvino-env"]}
 NEEDS_VENV = {"live", "openvino"}
+# What a leg that needs .venv can install before it is there (its own environment's packages).
+EARLY = {"openvino": [".venv-openvino/.installed-packages"]}
 
 _print_lock = threading.Lock()
 _start = time.monotonic()
@@ -62,10 +64,13 @@ class Leg(threading.Thread):
         began = time.monotonic()
         with (logs() / f"{self.leg}.log").open("w") as log:
             try:
+                status = 0
+                if EARLY.get(self.leg):
+                    say(f"{self.leg}: installing its packages")
+                    status = make(EARLY[self.leg], log, self.env)
                 if self.leg in NEEDS_VENV:
                     self.venv_ready.wait()
-                status = 0
-                if INSTALL[self.leg]:
+                if INSTALL[self.leg] and status == 0:
                     say(f"{self.leg}: installing")
                     status = make(INSTALL[self.leg], log, self.env)
                 if self.leg == "transformers":

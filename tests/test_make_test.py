@@ -15,6 +15,8 @@ browser:
 \t@true
 vllm-env:
 \t@echo vllm installed
+.venv-openvino/.installed-packages:
+\t@echo openvino packages installed
 openvino-env:
 \t@test -e .venv/.installed-test || { echo "openvino installed before .venv"; exit 1; }
 test-transformers:

@@ -177,6 +177,14 @@ class Page:
     def answers(self):
         return self.page.locator(".message.assistant")
 
+    def wait_for_text(self, index: int):
+        """Until answer `index` shows some text; an error shown instead fails at once (it would
+        never get text)."""
+        answer = self.answers().nth(index)
+        answer.locator(".content, .error").filter(has_text=re.compile(r"\S")).first.wait_for()
+        assert answer.locator(".error").count() == 0, answer.locator(".error").inner_text()
+        return answer
+
     def wait_for_answer(self, index: int, timeout: float = 600_000):  # ms; a hang guard
         answer = self.answers().nth(index)
         answer.locator(".stats, .error").first.wait_for(timeout=timeout)
@@ -326,13 +334,13 @@ def test_chat_streams_and_keeps_the_conversation(open_page, chat_server):
     assert [m["role"] for m in page.chat_bodies[2]["messages"]] == ["system", "user"]
 
 
-def test_stop_aborts_the_generation_on_the_server(open_page, chat_server):
+def test_stop_aborts_the_generation_on_the_server(open_page, chat_server, chat_engine):
     base = chat_server.base_url
     page = open_page(base, key=KEY).wait_for_models()
     page.set(max_tokens="4000", temperature="1")
     aborted_before = aborted(base)
     page.send("Write a very long story")
-    page.page.locator(".message.assistant .content").filter(has_text=re.compile(r"\S")).wait_for()
+    page.wait_for_text(0)
     wait_for(lambda: running(base) == 1, what="the generation to be running")
     page.page.click("#stop")
     wait_for(lambda: running(base) == 0, what="the server to stop generating")
@@ -340,12 +348,16 @@ def test_stop_aborts_the_generation_on_the_server(open_page, chat_server):
     answer = page.wait_for_answer(0)
     assert answer.locator(".finish").inner_text() == "finish: stopped"
     assert page.page.is_visible("#send") and not page.page.is_visible("#stop")
+    # The engine's one slot is free again only once the aborted generation has unwound; a message
+    # sent before that is a 429 on this one-slot server (a loaded machine showed it).
+    wait_for(lambda: chat_engine.stats().in_flight == 0, what="the engine's slot to be free")
 
     # "New chat" in the middle of an answer stops it too, and the old turn does not leak into the new chat.
     page.send("Another long one")
-    page.answers().nth(1).locator(".content").filter(has_text=re.compile(r"\S")).wait_for()
+    page.wait_for_text(1)
     page.page.click("#new-chat")
     wait_for(lambda: running(base) == 0, what="the server to stop generating")
+    wait_for(lambda: chat_engine.stats().in_flight == 0, what="the engine's slot to be free")
     assert page.answers().count() == 0
     page.set(max_tokens="4")
     page.send("Short")
